@@ -1,0 +1,31 @@
+# Two commands from a clean clone:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test weights install bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+weights: $(STAMP)
+	$(VENV)/bin/nstyle-weights fetch
+
+# A real stylisation of the built-in images with the paper's settings.
+demo: weights
+	$(VENV)/bin/nstyle-stylize
+
+test: weights
+	$(PY) -m pytest -q tests
+
+bench: weights
+	$(PY) benchmarks/bench_loss.py
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,0 +1,178 @@
+"""The losses of Gatys et al. (and Johnson et al.), exactly as in METHOD.md.
+
+Per-layer functions return one value per image, shape (B,); the caller reduces.
+Notation: F is the (B, h, w, N) response of the generated image at one layer,
+M = h·w positions, N channels; features are NHWC, so the paper's F^l (N × M) is
+``F.reshape(B, M, N)`` transposed.
+
+- content:  ½ Σ_ij (F − P)²
+- Gram:     G = F Fᵀ,   G_ij = Σ_k F_ik F_jk                       (B, N, N)
+- style:    E = 1/(4 N² M²) Σ_ij (G − A)²
+- total:    α Σ_l c_l L_content,l + β Σ_l w_l E_l (+ γ TV)
+
+Style targets are stored as *mean* Gram matrices Â = A / M_a (A divided by the number of
+positions of the style image). Then E = 1/(4 N²) Σ (G/M − Â)², which is METHOD.md's E_l
+exactly when the style and generated images have the same size, and stays meaningful
+when they do not (style scale, several style images) — and keeps float32 sums small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from nstyle import vgg
+
+
+def gram(features: jax.Array) -> jax.Array:
+    """Unnormalised Gram matrix G = F Fᵀ of (B, h, w, N) features -> (B, N, N)."""
+    b, h, w, n = features.shape
+    f = features.reshape(b, h * w, n)  # (B, M, N)
+    return jnp.einsum("bmi,bmj->bij", f, f, precision=jax.lax.Precision.HIGHEST)
+
+
+def mean_gram(features: jax.Array) -> jax.Array:
+    """G / M: the Gram matrix divided by the number of positions -> (B, N, N)."""
+    b, h, w, n = features.shape
+    return gram(features) / (h * w)
+
+
+def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
+    """½ Σ (F − P)² per image: (B, h, w, N), (B|1, h, w, N) -> (B,)."""
+    d = features - target
+    return 0.5 * jnp.sum(d * d, axis=(1, 2, 3))
+
+
+def style_layer_loss(features: jax.Array, target_mean_gram: jax.Array) -> jax.Array:
+    """E_l = 1/(4 N² M²) Σ (G − A)² per image, with the target given as Â = A / M_a.
+
+    (B, h, w, N), (B|1, N, N) -> (B,)
+    """
+    n = features.shape[-1]
+    d = mean_gram(features) - target_mean_gram  # (B, N, N) = (G − A) / M
+    return jnp.sum(d * d, axis=(1, 2)) / (4.0 * n * n)
+
+
+def tv_loss(images: jax.Array) -> jax.Array:
+    """Total variation Σ (x_{i+1,j} − x_ij)² + (x_{i,j+1} − x_ij)² per image: (B, H, W, C) -> (B,)."""
+    dh = images[:, 1:, :, :] - images[:, :-1, :, :]
+    dw = images[:, :, 1:, :] - images[:, :, :-1, :]
+    return jnp.sum(dh * dh, axis=(1, 2, 3)) + jnp.sum(dw * dw, axis=(1, 2, 3))
+
+
+@dataclasses.dataclass(frozen=True)
+class PerceptualLoss:
+    """Which layers enter the loss, with which weights. Hashable: a static jit argument.
+
+    Defaults are the paper's style-transfer settings (content conv4_2; style conv1_1 …
+    conv5_1 with w_l = 1/5; α/β = 1e-3).
+    """
+
+    content_layers: tuple[str, ...] = ("conv4_2",)
+    content_weights: tuple[float, ...] = (1.0,)
+    style_layers: tuple[str, ...] = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+    style_weights: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
+    alpha: float = 1.0
+    beta: float = 1e3
+    tv_weight: float = 0.0
+    pooling: str = "avg"
+
+    def __post_init__(self):
+        if len(self.content_layers) != len(self.content_weights):
+            raise ValueError(f"{len(self.content_layers)} content layers but {len(self.content_weights)} content weights")
+        if len(self.style_layers) != len(self.style_weights):
+            raise ValueError(f"{len(self.style_layers)} style layers but {len(self.style_weights)} style weights")
+        for what, v in [("alpha", self.alpha), ("beta", self.beta), ("tv_weight", self.tv_weight),
+                        *[("content weight", w) for w in self.content_weights],
+                        *[("style weight", w) for w in self.style_weights]]:
+            if v < 0:
+                raise ValueError(f"{what} must be >= 0, got {v}")
+        if self.pooling not in vgg.POOLINGS:
+            raise ValueError(f"unknown pooling '{self.pooling}' (expected one of {', '.join(vgg.POOLINGS)})")
+
+    @property
+    def uses_content(self) -> bool:
+        return self.alpha > 0 and len(self.content_layers) > 0
+
+    @property
+    def uses_style(self) -> bool:
+        return self.beta > 0 and len(self.style_layers) > 0
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Every layer the loss reads, each once, for one pass of :func:`vgg.features`."""
+        names = (self.content_layers if self.uses_content else ()) + (self.style_layers if self.uses_style else ())
+        return tuple(dict.fromkeys(names))
+
+
+class Targets(NamedTuple):
+    """What the generated image is compared with; a pytree of arrays."""
+
+    content: dict  # {layer: (B|1, h, w, N)} responses P of the content image
+    style: dict  # {layer: (B|1, N, N)} mean Gram matrices Â of the (blended) style images
+
+
+def content_targets(params: vgg.VGGParams, content: jax.Array, loss: PerceptualLoss) -> dict:
+    """{layer: P} for the content image(s) (B, H, W, 3)."""
+    if not loss.uses_content:
+        return {}
+    return vgg.features(params, content, loss.content_layers, loss.pooling)
+
+
+def style_targets(params: vgg.VGGParams, styles: Sequence[jax.Array], loss: PerceptualLoss,
+                  blend: Sequence[float] | None = None) -> dict:
+    """{layer: Â} for one or several style images, blended by ``blend`` (normalised to sum 1).
+
+    Each style image may have its own size (style scale); each is (1, H_s, W_s, 3).
+    Blending mean Gram matrices gives the same gradient as the blend of the per-image losses.
+    """
+    if not loss.uses_style:
+        return {}
+    if blend is None:
+        blend = [1.0] * len(styles)
+    if len(blend) != len(styles):
+        raise ValueError(f"{len(styles)} style images but {len(blend)} blend weights")
+    if any(b < 0 for b in blend) or sum(blend) <= 0:
+        raise ValueError(f"style blend weights must be >= 0 and not all zero, got {list(blend)}")
+    total = float(sum(blend))
+    out: dict = {}
+    for img, b in zip(styles, blend):
+        feats = vgg.features(params, img, loss.style_layers, loss.pooling)
+        for layer in loss.style_layers:
+            g = mean_gram(feats[layer]) * (b / total)  # (1, N, N)
+            out[layer] = g if layer not in out else out[layer] + g
+    return out
+
+
+def perceptual_loss(params: vgg.VGGParams, images: jax.Array, targets: Targets, loss: PerceptualLoss,
+                    weights: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
+    """α L_content + β L_style + γ TV of ``images`` (B, H, W, 3) against ``targets``.
+
+    ``weights`` may override ``alpha``/``beta``/``tv_weight`` with arrays of shape (B,)
+    (a batch of loss weights, for batched sweeps). Returns ``(total (B,), aux)`` where
+    ``aux`` holds the unweighted per-layer terms (``content/conv4_2``, ``style/conv1_1``,
+    ``tv``) and the weighted sums ``content``, ``style``, each (B,).
+    """
+    w = {"alpha": loss.alpha, "beta": loss.beta, "tv_weight": loss.tv_weight, **(weights or {})}
+    feats = vgg.features(params, images, loss.layers, loss.pooling)
+    batch = images.shape[0]
+    aux: dict = {}
+    content = jnp.zeros((batch,), images.dtype)
+    if loss.uses_content:
+        for layer, c in zip(loss.content_layers, loss.content_weights):
+            term = content_loss(feats[layer], targets.content[layer])
+            aux[f"content/{layer}"] = term
+            content = content + c * term
+    style = jnp.zeros((batch,), images.dtype)
+    if loss.uses_style:
+        for layer, sw in zip(loss.style_layers, loss.style_weights):
+            term = style_layer_loss(feats[layer], targets.style[layer])
+            aux[f"style/{layer}"] = term
+            style = style + sw * term
+    tv = tv_loss(images) if loss.tv_weight > 0 or (weights and "tv_weight" in weights) else jnp.zeros((batch,), images.dtype)
+    aux.update(content=content, style=style, tv=tv)
+    total = w["alpha"] * content + w["beta"] * style + w["tv_weight"] * tv
+    return total, aux

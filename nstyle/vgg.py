@@ -1,0 +1,170 @@
+"""VGG16/VGG19 feature extraction as a pure JAX function.
+
+    params = nstyle.weights.load("vgg19")
+    feats = nstyle.vgg.features(params, images, layers=("conv1_1", "conv4_2"), pooling="avg")
+
+``images`` are RGB in [0, 1], shape (B, H, W, 3). Layer names follow Gatys et al.:
+``conv4_2`` is the *rectified* response of that conv (Caffe's ReLU is in place), and
+``relu4_2`` is accepted as the same thing; ``pool1`` … ``pool5`` are the pooled maps.
+The network runs only as deep as the deepest layer asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from nstyle.weights import VGG16_LAYERS, VGG19_LAYERS, conv_shape
+
+ARCH_LAYERS = {"vgg19": VGG19_LAYERS, "vgg16": VGG16_LAYERS}
+
+# Caffe/Keras "caffe" mode: BGR, 0-255, mean-subtracted (B, G, R)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# torchvision: RGB in [0, 1], then (x - mean) / std
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+POOLINGS = ("max", "avg")
+
+
+@struct.dataclass
+class VGGParams:
+    """Frozen VGG conv weights; ``convs[layer] = {"kernel": (3, 3, I, O), "bias": (O,)}``.
+
+    ``arch`` and ``preprocessing`` are static (part of the tree structure), so a jitted
+    function specialises on them and never traces them.
+    """
+
+    convs: dict
+    arch: str = struct.field(pytree_node=False, default="vgg19")
+    preprocessing: str = struct.field(pytree_node=False, default="caffe")
+    checksum: str = struct.field(pytree_node=False, default="")
+    source: str = struct.field(pytree_node=False, default="")
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, arch: str, preprocessing: str, checksum: str = "", source: str = "") -> "VGGParams":
+        layers = ARCH_LAYERS[arch]
+        convs = {}
+        for layer in layers:
+            kernel, bias = arrays[f"{layer}/kernel"], arrays[f"{layer}/bias"]
+            assert tuple(kernel.shape) == conv_shape(layer), (layer, kernel.shape)
+            convs[layer] = {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
+        return cls(convs=convs, arch=arch, preprocessing=preprocessing, checksum=checksum, source=source)
+
+    @property
+    def conv_layers(self) -> tuple[str, ...]:
+        return ARCH_LAYERS[self.arch]
+
+
+def layer_names(arch: str = "vgg19") -> tuple[str, ...]:
+    """Every valid layer name for ``arch`` in network order (conv*, relu* aliases, pool*)."""
+    convs = ARCH_LAYERS[arch]
+    names = list(convs) + [c.replace("conv", "relu") for c in convs] + [f"pool{b}" for b in range(1, 6)]
+    return tuple(names)
+
+
+def canonical(layer: str, arch: str = "vgg19") -> str:
+    """``relu3_1`` -> ``conv3_1``; raises ``ValueError`` listing the valid names otherwise."""
+    name = layer.replace("relu", "conv", 1) if layer.startswith("relu") else layer
+    if name in ARCH_LAYERS[arch] or (name.startswith("pool") and name[4:] in {"1", "2", "3", "4", "5"}):
+        return name
+    valid = ", ".join(ARCH_LAYERS[arch]) + ", relu… aliases, pool1…pool5"
+    raise ValueError(f"unknown {arch} layer '{layer}'; valid names: {valid}")
+
+
+def _order(arch: str) -> list[str]:
+    """Network order of the named stages: convs, with a pool after each block's last conv."""
+    out = []
+    convs = ARCH_LAYERS[arch]
+    for i, c in enumerate(convs):
+        out.append(c)
+        nxt = convs[i + 1] if i + 1 < len(convs) else None
+        if nxt is None or nxt[4] != c[4]:
+            out.append(f"pool{c[4]}")
+    return out
+
+
+def deepest(layers: Iterable[str], arch: str = "vgg19") -> str:
+    order = _order(arch)
+    return max((canonical(l, arch) for l in layers), key=order.index)
+
+
+def preprocess(images: jax.Array, preprocessing: str) -> jax.Array:
+    """RGB [0, 1] (B, H, W, 3) -> the network's input convention."""
+    if preprocessing == "caffe":
+        bgr = images[..., ::-1] * 255.0
+        return bgr - jnp.asarray(CAFFE_MEAN_BGR, images.dtype)
+    if preprocessing == "torchvision":
+        return (images - jnp.asarray(TORCHVISION_MEAN, images.dtype)) / jnp.asarray(TORCHVISION_STD, images.dtype)
+    raise ValueError(f"unknown preprocessing '{preprocessing}' (expected 'caffe' or 'torchvision')")
+
+
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + bias.astype(x.dtype)
+
+
+def _pool(x: jax.Array, pooling: str) -> jax.Array:
+    window, strides = (1, 2, 2, 1), (1, 2, 2, 1)
+    if pooling == "max":
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, "VALID")
+    if pooling == "avg":
+        return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "VALID") * 0.25
+    raise ValueError(f"unknown pooling '{pooling}' (expected one of {', '.join(POOLINGS)})")
+
+
+def features(params: VGGParams, images: jax.Array, layers: Sequence[str], pooling: str = "max") -> dict[str, jax.Array]:
+    """Responses of the named ``layers`` for RGB ``images`` in [0, 1].
+
+    Args:
+      params: weights from :func:`nstyle.weights.load`.
+      images: (B, H, W, 3) RGB in [0, 1].
+      layers: names such as ``("conv1_1", "relu4_2", "pool3")``; static under jit.
+      pooling: ``"max"`` (the trained network) or ``"avg"`` (Gatys et al.'s recommendation).
+
+    Returns:
+      ``{name: (B, h, w, C)}`` keyed by the names exactly as given.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be (B, H, W, 3) RGB, got shape {tuple(images.shape)}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling '{pooling}' (expected one of {', '.join(POOLINGS)})")
+    layers = tuple(layers)
+    if not layers:
+        return {}
+    wanted: dict[str, list[str]] = {}
+    for name in layers:
+        wanted.setdefault(canonical(name, params.arch), []).append(name)
+    last = deepest(layers, params.arch)
+    x = preprocess(images, params.preprocessing)  # (B, H, W, 3)
+    out: dict[str, jax.Array] = {}
+    for stage in _order(params.arch):
+        if stage.startswith("pool"):
+            x = _pool(x, pooling)  # (B, h/2, w/2, C)
+        else:
+            p = params.convs[stage]
+            x = jax.nn.relu(_conv(x, p["kernel"], p["bias"]))  # (B, h, w, C_out)
+        for name in wanted.get(stage, ()):
+            out[name] = x
+        if stage == last:
+            break
+    return out
+
+
+def min_size(layers: Iterable[str], arch: str = "vgg19") -> int:
+    """Smallest input side (px) whose response at the deepest of ``layers`` is at least 1×1."""
+    last = deepest(layers, arch)
+    order = _order(arch)
+    pools = sum(1 for s in order[: order.index(last) + 1] if s.startswith("pool"))
+    # a pool at the very end halves too; before it, each pool needs an even side
+    return int(2 ** pools)
+
+
+def param_count(params: VGGParams) -> int:
+    return int(sum(np.prod(v.shape) for p in params.convs.values() for v in p.values()))

@@ -1,0 +1,98 @@
+"""VGG feature extraction with the real weights, and the total loss through it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nstyle import losses, vgg, weights
+
+
+@pytest.fixture(scope="module")
+def vgg19():
+    return weights.load("vgg19")
+
+
+@pytest.fixture(scope="module")
+def vgg16():
+    return weights.load("vgg16")
+
+
+def test_params_have_every_layer_with_its_shape(vgg19, vgg16):
+    assert vgg19.arch == "vgg19" and vgg19.preprocessing == "caffe"
+    assert vgg16.arch == "vgg16" and vgg16.preprocessing == "torchvision"
+    assert vgg.param_count(vgg19) == 20_024_384  # VGG19 conv trunk
+    assert vgg.param_count(vgg16) == 14_714_688  # VGG16 conv trunk
+    np.testing.assert_allclose(np.asarray(vgg19.convs["conv1_1"]["bias"][:3]), [0.7301776, 0.06493629, 0.03428847], rtol=1e-6)
+
+
+def test_feature_shapes_names_and_aliases(vgg19):
+    x = jnp.full((2, 64, 48, 3), 0.5)
+    f = vgg.features(vgg19, x, ("conv1_1", "relu3_1", "conv3_1", "pool4", "conv5_1"))
+    assert set(f) == {"conv1_1", "relu3_1", "conv3_1", "pool4", "conv5_1"}
+    assert f["conv1_1"].shape == (2, 64, 48, 64)
+    assert f["conv3_1"].shape == (2, 16, 12, 256)
+    assert f["pool4"].shape == (2, 4, 3, 512)
+    assert f["conv5_1"].shape == (2, 4, 3, 512)
+    np.testing.assert_array_equal(f["relu3_1"], f["conv3_1"])
+    assert float(f["conv3_1"].min()) >= 0.0  # rectified responses
+
+
+def test_unknown_layer_lists_valid_names(vgg19, vgg16):
+    with pytest.raises(ValueError, match="valid names: conv1_1"):
+        vgg.features(vgg19, jnp.zeros((1, 32, 32, 3)), ("conv6_1",))
+    with pytest.raises(ValueError, match="unknown vgg16 layer 'conv3_4'"):
+        vgg.features(vgg16, jnp.zeros((1, 32, 32, 3)), ("conv3_4",))
+
+
+def test_stops_at_deepest_layer(vgg19):
+    """Asking for conv1_1 only must not run (or depend on) the deeper layers."""
+    broken = vgg.VGGParams(convs={**vgg19.convs, "conv2_1": {"kernel": jnp.full((3, 3, 64, 128), jnp.nan),
+                                                               "bias": jnp.zeros(128)}},
+                           arch="vgg19", preprocessing="caffe")
+    f = vgg.features(broken, jnp.full((1, 32, 32, 3), 0.5), ("conv1_2",))
+    assert bool(jnp.all(jnp.isfinite(f["conv1_2"])))
+    jaxpr = jax.make_jaxpr(lambda x: vgg.features(vgg19, x, ("conv1_2",)))(jnp.zeros((1, 32, 32, 3)))
+    assert str(jaxpr).count("conv_general_dilated") == 2
+
+
+def test_avg_and_max_pooling_differ(vgg19):
+    x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3))
+    fm = vgg.features(vgg19, x, ("conv2_1",), pooling="max")["conv2_1"]
+    fa = vgg.features(vgg19, x, ("conv2_1",), pooling="avg")["conv2_1"]
+    assert fm.shape == fa.shape
+    assert not np.allclose(fm, fa)
+    with pytest.raises(ValueError, match="pooling"):
+        vgg.features(vgg19, x, ("conv2_1",), pooling="median")
+
+
+def test_caffe_preprocessing_is_bgr_minus_mean():
+    x = jnp.asarray([[[[1.0, 0.5, 0.0]]]])  # one RGB pixel
+    got = np.asarray(vgg.preprocess(x, "caffe"))[0, 0, 0]
+    np.testing.assert_allclose(got, [0.0 - 103.939, 127.5 - 116.779, 255.0 - 123.68], rtol=1e-6)
+
+
+def test_total_loss_value_and_grad_compiles_once_and_is_finite(vgg19):
+    cfg = losses.PerceptualLoss(tv_weight=1e-3)
+    key = jax.random.key(1)
+    content = jax.random.uniform(key, (1, 64, 64, 3))
+    style = jax.random.uniform(jax.random.fold_in(key, 1), (1, 64, 64, 3))
+    targets = losses.Targets(losses.content_targets(vgg19, content, cfg), losses.style_targets(vgg19, [style], cfg))
+    traces = []
+
+    @jax.jit
+    def value_and_grad(x, targets):
+        traces.append(1)
+        return jax.value_and_grad(lambda x: losses.perceptual_loss(vgg19, x, targets, cfg)[0].sum())(x)
+
+    x0 = jax.random.uniform(jax.random.fold_in(key, 2), (1, 64, 64, 3))
+    v1, g1 = value_and_grad(x0, targets)
+    v2, g2 = value_and_grad(x0 * 0.5, targets)
+    assert len(traces) == 1  # the second call reuses the compiled function
+    assert np.isfinite(float(v1)) and float(v1) > 0
+    assert bool(jnp.all(jnp.isfinite(g1))) and float(jnp.abs(g1).max()) > 0
+    assert float(v1) != float(v2)
+    # the content image has zero content loss; the per-layer aux terms are reported
+    _, aux = losses.perceptual_loss(vgg19, content, targets, cfg)
+    assert float(aux["content/conv4_2"][0]) == 0.0
+    assert set(aux) >= {"style/conv1_1", "style/conv5_1", "content", "style", "tv"}
