@@ -1,0 +1,446 @@
+"""Reading, resizing and writing images; built-in demo images; memory estimates for VGG.
+
+    img = nstyle.images.load_image("builtin:chelsea", max_side=256)  # (H, W, 3) float32 in [0, 1]
+    nstyle.images.save_image("out/result.png", img)                  # atomic write
+
+Every image inside nstyle is a float32 numpy array (H, W, 3), RGB in [0, 1]; a batch for VGG
+is (B, H, W, 3). Anything wrong with a user's image raises :class:`ImageError`, whose message
+is one line naming the file, the problem and the fix, so a command line can print it as is.
+
+Resizing is done by Pillow on each channel as a 32-bit float image (mode ``"F"``) with the
+Lanczos filter: no 8-bit rounding between load and network, 16-bit inputs keep their
+precision, and Pillow widens the filter support when shrinking, which anti-aliases the
+downscale. Lanczos rings slightly past the input range, so the result is clipped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+BUILTIN_PREFIX = "builtin:"
+RESAMPLE = Image.Resampling.LANCZOS
+
+
+def _skimage_data_dir() -> Path | None:
+    """``skimage/data`` inside the installed wheel, found without importing skimage.
+
+    Importing ``skimage.data`` is slow and its fetchers may reach for pooch downloads; the
+    files used here are plain files shipped in the wheel, so only the path is needed.
+    """
+    spec = find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+# name -> file in skimage/data; all ship in scikit-image's wheel (no download).
+# brick/grass/gravel are grayscale textures; they load as 3 equal channels.
+_BUILTIN_FILES = {
+    "astronaut": "astronaut.png",
+    "chelsea": "chelsea.png",
+    "coffee": "coffee.png",
+    "rocket": "rocket.jpg",
+    "hubble_deep_field": "hubble_deep_field.jpg",
+    "ihc": "ihc.png",
+    "brick": "brick.png",
+    "grass": "grass.png",
+    "gravel": "gravel.png",
+    "motorcycle_left": "motorcycle_left.png",
+    "motorcycle_right": "motorcycle_right.png",
+    "retina": "retina.jpg",
+    "camera": "camera.png",
+    "coins": "coins.png",
+    "moon": "moon.png",
+    "horse": "horse.png",
+    "color": "color.png",
+}
+
+
+def _builtin_table() -> dict[str, str]:
+    root = _skimage_data_dir()
+    if root is None:
+        return {}
+    return {name: str(root / f) for name, f in _BUILTIN_FILES.items() if (root / f).is_file()}
+
+
+BUILTIN: dict[str, str] = _builtin_table()
+
+
+class ImageError(ValueError):
+    """A user-facing problem with an image file; the message is one line with the fix."""
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def resolve(spec: str | os.PathLike) -> Path:
+    """``"builtin:chelsea"`` -> the bundled file; any other string or path -> ``Path(spec)``."""
+    if isinstance(spec, str) and spec.startswith(BUILTIN_PREFIX):
+        name = spec[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN:
+            known = ", ".join(sorted(BUILTIN)) or "none (scikit-image is not installed)"
+            raise ImageError(f"{spec}: no such built-in image; choose one of: {known}")
+        return Path(BUILTIN[name])
+    return Path(spec)
+
+
+def _open(path: Path, label: str) -> Image.Image:
+    """Open and fully decode ``path``; every failure becomes an :class:`ImageError`."""
+    if not path.exists():
+        hint = f"; built-in images are named '{BUILTIN_PREFIX}<name>'" if path.stem in BUILTIN and not path.parent.name else ""
+        raise ImageError(f"{label}: no such file; check the path{hint}")
+    if path.is_dir():
+        raise ImageError(f"{label}: is a directory, not an image file; give the path of one image")
+    try:
+        im = Image.open(path)
+    except PermissionError:
+        raise ImageError(f"{label}: permission denied; make the file readable (chmod +r) or copy it") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image file (cannot identify image format); give a PNG/JPEG/TIFF/WebP/BMP file") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{label}: image too large to open safely ({e}); downscale it first") from None
+    except OSError as e:
+        raise ImageError(f"{label}: cannot read file ({e.strerror or e}); check the file") from None
+    try:
+        with warnings.catch_warnings():
+            # a huge image is refused above Pillow's hard limit; the soft warning is noise here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.load()  # decode now: truncated/corrupt data fails here, not later
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        im.close()
+        raise ImageError(f"{label}: corrupt or truncated {im.format or 'image'} data ({e}); re-export or re-download the file") from None
+    return im
+
+
+def _icc_to_srgb(im: Image.Image) -> Image.Image:
+    """Convert an embedded colour profile (e.g. Display P3 photos, CMYK print profiles) to sRGB.
+
+    VGG was trained on sRGB-ish photos, so pixels are interpreted in sRGB. If littleCMS is
+    missing or the profile is broken, the pixels are used as they are.
+    """
+    icc = im.info.get("icc_profile")
+    if not icc or im.mode not in ("RGB", "CMYK"):
+        return im
+    try:
+        import io
+
+        from PIL import ImageCms
+
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        dst = ImageCms.createProfile("sRGB")
+        return ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+    except Exception:  # noqa: BLE001 -- any profile problem: fall back to the raw pixels
+        return im
+
+
+def _to_float_rgb(im: Image.Image, label: str) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) float32 RGB in [0, 1]; transparency composited over white."""
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        g = np.asarray(im).astype(np.float32) / 65535.0  # 16-bit grayscale: full range is 65535
+        return np.repeat(g[..., None], 3, axis=-1)
+    if mode == "I":
+        # 32-bit int: 16-bit PNGs arrive as "I" in older Pillow, so values <= 65535 are 16-bit
+        a = np.asarray(im).astype(np.float64)
+        if a.min() < 0:
+            raise ImageError(f"{label}: signed integer image with negative values; convert it to 8/16-bit RGB or grayscale")
+        scale = 65535.0 if a.max() <= 65535 else float(2**32 - 1)
+        return np.repeat((a / scale).astype(np.float32)[..., None], 3, axis=-1)
+    if mode == "F":
+        a = np.asarray(im).astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ImageError(f"{label}: floating-point image contains NaN or infinity; save it as 8/16-bit")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0.0 or hi > 1.0:  # not in [0, 1]: stretch its own range linearly
+            a = (a - lo) / max(hi - lo, 1e-12)
+        return np.repeat(a[..., None], 3, axis=-1)
+    if mode == "1":
+        im = im.convert("L")
+    elif mode in ("P", "PA", "LA", "La", "RGBa"):
+        im = im.convert("RGBA")  # palette transparency (tRNS) becomes a real alpha channel
+    elif mode == "CMYK":
+        im = _icc_to_srgb(im)
+        im = im if im.mode == "RGB" else im.convert("RGB")
+    elif mode == "RGB":
+        im = _icc_to_srgb(im)
+    elif mode not in ("L", "RGBA"):
+        try:
+            im = im.convert("RGB")  # YCbCr, HSV, ...
+        except (ValueError, OSError):
+            raise ImageError(f"{label}: unsupported colour mode '{mode}'; convert it to RGB (PNG or JPEG)") from None
+    a = np.asarray(im).astype(np.float32) / 255.0
+    if a.ndim == 2:  # (H, W) -> (H, W, 3)
+        return np.repeat(a[..., None], 3, axis=-1)
+    if a.shape[-1] == 4:  # composite over white: rgb·α + 1·(1 − α)
+        rgb, alpha = a[..., :3], a[..., 3:]
+        return (rgb * alpha + (1.0 - alpha)).astype(np.float32)
+    return a[..., :3]
+
+
+def load_image(spec: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
+    """Read an image file (or ``"builtin:<name>"``) as float32 (H, W, 3) RGB in [0, 1].
+
+    Handles grayscale (8/16/32-bit, float), palette and alpha (composited over white), CMYK,
+    embedded ICC profiles (converted to sRGB), EXIF orientation, and multi-frame files (the
+    first frame). With ``max_side`` the image is resized (up or down) so its longest side is
+    ``max_side`` pixels, keeping the aspect ratio.
+
+    Raises:
+      ImageError: missing/unreadable file, directory, not an image, truncated data, bad mode.
+    """
+    path = resolve(spec)
+    label = str(spec)
+    im = _open(path, label)
+    try:
+        try:
+            im = ImageOps.exif_transpose(im)  # phones store portrait shots sideways + a tag
+        except Exception:  # noqa: BLE001 -- a broken EXIF block must not stop the load
+            pass
+        image = _to_float_rgb(im, label)
+    finally:
+        im.close()
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageError(f"{label}: image has no pixels ({image.shape[1]}×{image.shape[0]}); give a real image")
+    if max_side is not None:
+        if int(max_side) < 1:
+            raise ImageError(f"{label}: max_side must be a positive number of pixels, got {max_side}")
+        image = resize_longest(image, int(max_side))
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- resizing
+
+
+def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) float -> (h, w, 3) float32 with Lanczos on each channel in float (mode "F").
+
+    Shrinking is anti-aliased (Pillow widens the kernel by the scale factor). Clipped to [0, 1].
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"resize expects an (H, W, C) image, got shape {image.shape}")
+    h, w = int(shape[0]), int(shape[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"target shape must be positive, got {(h, w)}")
+    if image.shape[:2] == (h, w):
+        return image.copy()
+    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F").resize((w, h), RESAMPLE)) for c in range(image.shape[-1])]
+    return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32)  # (h, w, C)
+
+
+def _longest_shape(hw: tuple[int, int], side: int) -> tuple[int, int]:
+    h, w = hw
+    s = side / max(h, w)
+    return (max(1, round(h * s)), max(1, round(w * s)))
+
+
+def resize_longest(image: np.ndarray, side: int) -> np.ndarray:
+    """Resize so the longest side is ``side`` px, aspect ratio kept (shorter side rounded)."""
+    return resize(image, _longest_shape(image.shape[:2], int(side)))
+
+
+def scale_to(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize by a factor (``0.5`` halves each side); sides are rounded and at least 1 px."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    h, w = image.shape[:2]
+    return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def _format_for(path: Path) -> str:
+    ext = path.suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ImageError(f"{path}: cannot write images with extension '{ext or '(none)'}'; use .png or .jpg")
+    return fmt
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8 by clipping and rounding (not truncating)."""
+    return np.round(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = True) -> Path:
+    """Write an (H, W, 3) (or (1, H, W, 3)) float image in [0, 1] to ``path``, atomically.
+
+    The format follows the extension (PNG for ``.png``; JPEG at quality 95). The data goes to
+    a hidden temporary file in the same folder which is then renamed over ``path``, so readers
+    never see half a file; parent folders are created. With ``overwrite=False`` an existing
+    ``path`` raises :class:`FileExistsError` instead.
+    """
+    path = Path(path)
+    arr = np.asarray(image)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]  # (1, H, W, 3) -> (H, W, 3)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"save_image expects (H, W, 3) RGB, got shape {np.shape(image)}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: refusing to save an image containing NaN or infinity")
+    fmt = _format_for(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: already exists; choose another name or allow overwriting")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = Image.fromarray(to_uint8(arr), mode="RGB")
+    kwargs = {"quality": 95} if fmt == "JPEG" else {}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pil.save(f, format=fmt, **kwargs)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+def to_batch(image: np.ndarray):
+    """(H, W, 3) -> (1, H, W, 3) float32 jax array, ready for :func:`nstyle.vgg.features`."""
+    import jax.numpy as jnp
+
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"to_batch expects (H, W, 3) RGB, got shape {image.shape}")
+    return jnp.asarray(image[None])  # (1, H, W, 3)
+
+
+def from_batch(batch) -> np.ndarray:
+    """(1, H, W, 3) (or already (H, W, 3)) -> (H, W, 3) float32 numpy."""
+    arr = np.asarray(batch, dtype=np.float32)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise ValueError(f"from_batch expects a batch of one image, got shape {arr.shape}")
+        arr = arr[0]  # (1, H, W, 3) -> (H, W, 3)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"from_batch expects (1, H, W, 3), got shape {np.shape(batch)}")
+    return arr
+
+
+# ------------------------------------------------------------------- sizes and memory
+
+
+def check_size(shape: Sequence[int], min_side: int, name: str = "image") -> None:
+    """Raise :class:`ImageError` if an (H, W[, C]) image is smaller than ``min_side`` px.
+
+    ``min_side`` comes from :func:`nstyle.vgg.min_size` for the layers in use: below it the
+    deepest layer's response would be empty.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if min(h, w) < min_side:
+        raise ImageError(
+            f"{name}: {w}×{h} px is too small for the deepest layer used, which needs at least "
+            f"{min_side} px per side; use a larger image or a larger max_side"
+        )
+
+
+# XLA keeps, per conv, the rectified output for the backward pass, plus the cotangent of the
+# same size and a pre-activation/temporary buffer at the peak: about 3 copies in total.
+BACKWARD_FACTOR = 3.0
+
+
+def _stage_elements(h: int, w: int, layers: Iterable[str], arch: str) -> list[int]:
+    """Values (H·W·C per image) of the input and of each stage up to the deepest layer."""
+    from nstyle import vgg
+    from nstyle.weights import conv_shape
+
+    last = vgg.deepest(layers, arch)
+    c = 3
+    sizes = [h * w * c]  # the input image
+    for stage in vgg._order(arch):
+        if stage.startswith("pool"):
+            h, w = h // 2, w // 2  # (h/2, w/2, C): VALID 2×2 pooling floors odd sides
+        else:
+            c = conv_shape(stage)[-1]  # 'same' conv: (h, w, C_out)
+        sizes.append(h * w * c)
+        if stage == last:
+            break
+    return sizes
+
+
+def estimate_activation_bytes(h: int, w: int, layers: Iterable[str], arch: str = "vgg19", batch: int = 1) -> int:
+    """Rough peak memory of a VGG forward+backward pass up to the deepest of ``layers``.
+
+    Sum over the input and every conv/pool output of H·W·C float32 values (4 bytes each),
+    times ``BACKWARD_FACTOR`` (≈3: stored activation, its gradient, and a temporary) and the
+    batch size. Weights (≈80 MB for the VGG19 convs) are not included.
+    """
+    elems = sum(_stage_elements(int(h), int(w), layers, arch))
+    return int(elems * 4 * BACKWARD_FACTOR * int(batch))
+
+
+def available_memory_bytes() -> int:
+    """Memory the process could still use: the accelerator's free memory when jax runs on
+    one, else ``MemAvailable`` from ``/proc/meminfo`` (falling back to total physical memory).
+    """
+    try:
+        import jax
+
+        dev = jax.devices()[0]
+        if dev.platform != "cpu":
+            stats = dev.memory_stats() or {}
+            if "bytes_limit" in stats:
+                return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    except Exception:  # noqa: BLE001 -- no jax backend: fall through to host memory
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB -> bytes
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def max_side_that_fits(budget_bytes: int, aspect: float, layers: Iterable[str], arch: str = "vgg19", batch: int = 1) -> int:
+    """Largest longest-side (px) whose estimated activations fit in ``budget_bytes``.
+
+    ``aspect`` is width / height of the image. Returns 0 if not even the smallest useful
+    size (:func:`nstyle.vgg.min_size`) fits.
+    """
+    from nstyle import vgg
+
+    layers = tuple(layers)
+    if not aspect > 0:
+        raise ValueError(f"aspect must be width/height > 0, got {aspect}")
+
+    def fits(side: int) -> bool:
+        h, w = _longest_shape((1.0, float(aspect)), side)
+        return estimate_activation_bytes(h, w, layers, arch, batch) <= budget_bytes
+
+    lo, hi = 0, max(1, vgg.min_size(layers, arch))
+    if not fits(hi):
+        return 0
+    while fits(hi * 2):  # bytes grow like side², so this doubles only a few dozen times at most
+        hi *= 2
+    lo, hi = hi, hi * 2  # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
