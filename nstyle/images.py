@@ -15,7 +15,6 @@ downscale. Lanczos rings slightly past the input range, so the result is clipped
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import warnings
@@ -83,18 +82,25 @@ class ImageError(ValueError):
 
 
 def resolve(spec: str | os.PathLike) -> Path:
-    """``"builtin:chelsea"`` -> the bundled file; any other string or path -> ``Path(spec)``."""
+    """``"builtin:chelsea"`` -> the bundled file; any other string or path -> ``Path(spec)`` (``~`` expanded)."""
     if isinstance(spec, str) and spec.startswith(BUILTIN_PREFIX):
         name = spec[len(BUILTIN_PREFIX):]
         if name not in BUILTIN:
             known = ", ".join(sorted(BUILTIN)) or "none (scikit-image is not installed)"
             raise ImageError(f"{spec}: no such built-in image; choose one of: {known}")
         return Path(BUILTIN[name])
-    return Path(spec)
+    return Path(spec).expanduser()  # "~/x.jpg" from a config file, where no shell expands it
 
 
 def _open(path: Path, label: str) -> Image.Image:
     """Open and fully decode ``path``; every failure becomes an :class:`ImageError`."""
+    with warnings.catch_warnings():
+        # above Pillow's hard pixel limit the open is refused; its softer warning is noise here
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _open_quietly(path, label)
+
+
+def _open_quietly(path: Path, label: str) -> Image.Image:
     if not path.exists():
         hint = f"; did you mean '{BUILTIN_PREFIX}{path.stem}'?" if path.stem in BUILTIN and not path.parent.name else ""
         raise ImageError(f"{label}: no such file; check the path{hint}")
@@ -113,10 +119,7 @@ def _open(path: Path, label: str) -> Image.Image:
             raise ImageError(f"{label}: corrupt or truncated image data ({e}); re-export or re-download the file") from None
         raise ImageError(f"{label}: cannot read file ({e.strerror or e}); check the file and its disk") from None
     try:
-        with warnings.catch_warnings():
-            # a huge image is refused above Pillow's hard limit; the soft warning is noise here
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im.load()  # decode now: truncated/corrupt data fails here, not later
+        im.load()  # decode now: truncated/corrupt data fails here, not later
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         im.close()
         raise ImageError(f"{label}: corrupt or truncated {im.format or 'image'} data ({e}); re-export or re-download the file") from None
@@ -201,15 +204,12 @@ def load_image(spec: str | os.PathLike, max_side: int | None = None) -> np.ndarr
     """
     path = resolve(spec)
     label = str(spec)
-    im = _open(path, label)
-    try:
+    with _open(path, label) as raw:  # closes the file (multi-frame files keep it open)
         try:
-            im = ImageOps.exif_transpose(im)  # phones store portrait shots sideways + a tag
+            im = ImageOps.exif_transpose(raw)  # phones store portrait shots sideways + a tag
         except Exception:  # noqa: BLE001 -- a broken EXIF block must not stop the load
-            pass
+            im = raw
         image = _to_float_rgb(im, label)
-    finally:
-        im.close()
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageError(f"{label}: image has no pixels ({image.shape[1]}×{image.shape[0]}); give a real image")
     if max_side is not None:

@@ -17,6 +17,11 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     return msg
 
 
+def _mode(path) -> str:
+    with Image.open(path) as im:
+        return im.mode
+
+
 def _noise(h=48, w=64, seed=0):
     return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
 
@@ -110,12 +115,53 @@ def test_16bit_png_uses_full_range(tmp_path):
     a = np.array([[0, 32768, 65535, 255]], dtype=np.uint16)
     p = tmp_path / "deep.png"
     Image.fromarray(a).save(p)
-    assert Image.open(p).mode.startswith("I")
+    assert _mode(p).startswith("I")
     x = images.load_image(p)
     assert x.shape == (1, 4, 3)
     np.testing.assert_allclose(x[0, :, 0], [0.0, 32768 / 65535, 1.0, 255 / 65535], rtol=1e-6)
     assert x[0, 3, 0] < 0.01  # 255 is dark in 16-bit, not white: no clipping at 255
     np.testing.assert_array_equal(x[..., 0], x[..., 2])
+
+
+def _png16_rgb(arr: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG written by hand (Pillow cannot write them)."""
+    import struct
+    import zlib
+
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))  # filter 0 per row
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_16bit_rgb_png_is_scaled_not_clipped(tmp_path):
+    p = tmp_path / "deep_rgb.png"
+    p.write_bytes(_png16_rgb(np.array([[[65535, 32768, 0], [1000, 0, 65535]]], np.uint16)))
+    x = images.load_image(p)
+    np.testing.assert_allclose(x[0], [[1.0, 0.5, 0.0], [1000 / 65535, 0.0, 1.0]], atol=1 / 255)
+
+
+def test_embedded_colour_profile(tmp_path):
+    from PIL import ImageCms
+
+    a = _noise(16, 16)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    p = tmp_path / "tagged.png"
+    Image.fromarray(a).save(p, icc_profile=srgb)
+    np.testing.assert_allclose(images.load_image(p), a / 255.0, atol=2 / 255)  # sRGB -> sRGB
+    q = tmp_path / "badprofile.png"
+    Image.fromarray(a).save(q, icc_profile=b"not a profile")
+    np.testing.assert_array_equal(images.load_image(q), a / np.float32(255.0))  # ignored
+
+
+def test_home_directory_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    Image.fromarray(_noise(8, 8)).save(tmp_path / "mine.png")
+    assert images.load_image("~/mine.png").shape == (8, 8, 3)
 
 
 def test_grayscale_becomes_three_equal_channels(tmp_path):
@@ -135,6 +181,18 @@ def test_bilevel_and_float_modes(tmp_path):
     f = tmp_path / "float.tif"
     Image.fromarray(np.array([[0.0, 0.25, 1.0]], np.float32), mode="F").save(f)
     np.testing.assert_allclose(images.load_image(f)[0, :, 1], [0.0, 0.25, 1.0])
+    i32 = tmp_path / "int32.tif"
+    Image.fromarray(np.array([[0, 32768, 65535]], np.int32), mode="I").save(i32)
+    assert _mode(i32) == "I"
+    np.testing.assert_allclose(images.load_image(i32)[0, :, 0], [0.0, 32768 / 65535, 1.0], rtol=1e-6)
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    p = tmp_path / "huge.png"
+    Image.fromarray(_noise(64, 64)).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 px > 2 × limit
+    with pytest.raises(ImageError, match="huge.png: image too large"):
+        images.load_image(p)
 
 
 def test_palette_with_transparency_is_white(tmp_path):
@@ -144,7 +202,7 @@ def test_palette_with_transparency_is_white(tmp_path):
     im.info["transparency"] = 1  # blue pixels are transparent
     p = tmp_path / "pal.png"
     im.save(p, transparency=1)
-    assert Image.open(p).mode == "P"
+    assert _mode(p) == "P"
     x = images.load_image(p)
     np.testing.assert_array_equal(x[0, 0], [1.0, 0.0, 0.0])  # opaque red
     np.testing.assert_array_equal(x[0, 2], [1.0, 1.0, 1.0])  # transparent -> white, not blue
@@ -168,7 +226,7 @@ def test_cmyk_jpeg(tmp_path):
     cmyk[..., 0] = 255  # pure cyan ink
     p = tmp_path / "print.jpg"
     Image.fromarray(cmyk, mode="CMYK").save(p, quality=95)
-    assert Image.open(p).mode == "CMYK"
+    assert _mode(p) == "CMYK"
     x = images.load_image(p)
     assert x.shape == (16, 16, 3)
     np.testing.assert_allclose(x.mean(axis=(0, 1)), [0.0, 1.0, 1.0], atol=0.03)  # cyan = G + B
