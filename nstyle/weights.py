@@ -447,7 +447,8 @@ def read_npz(path: str | os.PathLike, name: str | None = None) -> tuple[dict[str
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+            RuntimeError) as e:
         detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise WeightsError(f"{path}: corrupt or truncated weights file ({detail}); {_fix_entry(path, name)}") from None
     meta = {k[5:]: str(v) for k, v in arrays.items() if k.startswith("meta/")}
