@@ -383,6 +383,8 @@ class _NumpyUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): _DTypeStub,
         ("_codecs", "encode"): None,  # protocol 2 stores bytes as encode(str, "latin1")
+        ("__builtin__", "bytes"): None,  # ... and empty bytes as bytes()
+        ("builtins", "bytes"): None,
     }
 
     def __init__(self, file, what):
@@ -394,6 +396,8 @@ class _NumpyUnpickler(pickle.Unpickler):
             raise WeightFileError(f"{self._what}: refuses to load '{module}.{name}' (only numpy arrays are allowed)")
         if module == "_codecs":
             return _latin1_encode
+        if name == "bytes":
+            return _empty_bytes
         return self._ALLOWED[module, name]
 
 
@@ -401,6 +405,12 @@ def _latin1_encode(text, encoding="latin1"):
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise WeightFileError("malformed bytes in a protocol-2 pickle")
     return text.encode("latin1")
+
+
+def _empty_bytes(*args):
+    if args:
+        raise WeightFileError("malformed bytes in a protocol-2 pickle")
+    return b""
 
 
 def read_numpy_pickle(data: bytes, what: str = "weight file") -> Any:
