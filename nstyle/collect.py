@@ -297,12 +297,23 @@ def swept_keys(jobs: Sequence[Job], sweep_dir: str | os.PathLike | None = None) 
         conf = _read_yaml(Path(sweep_dir) / "multirun.yaml")
         params = (((conf or {}).get("hydra") or {}).get("sweeper") or {}).get("params") or {} if isinstance(conf, dict) else {}
         cli = (((conf or {}).get("hydra") or {}).get("overrides") or {}).get("task") or [] if isinstance(conf, dict) else []
-        declared = [str(k) for k in params] + [kv[0] for t in cli if (kv := _split_override(str(t))) and "," in kv[1]]
+        declared = [str(k) for k in params] + [k for t in cli if (k := _sweep_key(str(t)))]
         for k in declared:
             k = k.lstrip("+~")
             if k not in keys and k in order and k not in _IGNORED_KEYS:
                 keys.append(k)
     return keys
+
+
+def _sweep_key(text: str) -> str | None:
+    """The key of a command-line override if it is a sweep (``a=1,2``), else None."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        (o,) = OverridesParser.create().parse_overrides([text])
+        return o.get_key_element() if o.is_sweep_override() else None
+    except Exception:  # noqa: BLE001 -- unparsable: not a sweep we can name
+        return None
 
 
 # ------------------------------------------------------------------------- metrics
@@ -337,10 +348,10 @@ def metrics_row(metrics: Mapping | None) -> dict[str, float | None]:
     return {
         "content_loss": _num(_get(m, "final.content", "final_content_loss", "content_loss", "losses.content")),
         "style_loss": _num(_get(m, "final.style", "final_style_loss", "style_loss", "losses.style")),
-        "total_loss": _num(_get(m, "final.total", "final_loss", "final_total_loss", "total_loss", "loss")),
+        "total_loss": _num(_get(m, "final_loss", "final.loss", "final.total", "final_total_loss", "total_loss")),
         "iterations": _num(_get(m, "iterations", "steps", "final.iterations")),
         "evals": _num(_get(m, "evals", "evaluations", "loss_evaluations", "final.evals")),
-        "wall_time_s": _num(_get(m, "wall_time_s", "wall_time", "time.wall_s", "timing.wall_s", "seconds")),
+        "wall_time_s": _num(_get(m, "wall_s", "wall_time_s", "wall_time", "time.wall_s", "timing.wall_s")),
     }
 
 
@@ -454,10 +465,23 @@ def _sort_values(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def alpha_over_beta(job: Job) -> float | None:
+    """α/β of a job, from its composed config (``loss.alpha`` / ``loss.beta``)."""
+    cfg = _read_yaml(job.path / ".hydra" / "config.yaml")
+    loss = cfg.get("loss") if isinstance(cfg, dict) else None
+    if not isinstance(loss, dict):
+        return None
+    a, b = _num(loss.get("alpha")), _num(loss.get("beta"))
+    return a / b if a is not None and b else None
+
+
 def build_rows(jobs: Sequence[Job], keys: Sequence[str], evaluator: Evaluator | None) -> list[dict]:
     rows = []
+    ratio = any(k in ("loss.alpha", "loss.beta") for k in keys)
     for j in jobs:
         row: dict[str, Any] = {"job": j.name, "status": j.status}
+        if ratio:
+            row["alpha/beta"] = alpha_over_beta(j)
         for k in keys:
             row[k] = j.overrides.get(k, "")
         row.update(metrics_row(j.metrics))
@@ -544,10 +568,20 @@ def grid_figure(jobs: Sequence[Job], rows_key: str | None, cols_key: str | None,
             except Exception:  # noqa: BLE001 -- a half-written PNG shows as missing
                 pass
         missing[r][c] = j.status.upper()
-    return figures.image_grid(
-        cells, [value_label(rows_key or "", v) for v in rv], [value_label(cols_key or "", v) for v in cv],
-        title=title, row_title=key_label(rows_key) if rows_key else "", col_title=key_label(cols_key) if cols_key else "",
-        settings=settings, missing=missing)
+    def labels(key, values):
+        if key in ("loss.alpha", "loss.beta"):  # the paper's axis is the ratio α/β
+            out = []
+            for v in values:
+                r = next((alpha_over_beta(j) for j in jobs if j.overrides.get(key) == v), None)
+                out.append(f"α/β = {r:.0e}" if r is not None else value_label(key, v))
+            return out
+        return [value_label(key or "", v) for v in values]
+
+    def title_of(key):
+        return ("α/β" if key in ("loss.alpha", "loss.beta") else key_label(key)) if key else ""
+
+    return figures.image_grid(cells, labels(rows_key, rv), labels(cols_key, cv), title=title,
+                              row_title=title_of(rows_key), col_title=title_of(cols_key), settings=settings, missing=missing)
 
 
 @dataclasses.dataclass

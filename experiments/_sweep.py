@@ -1,0 +1,68 @@
+"""Run a sweep preset (conf/experiment/<name>.yaml), collect it, and publish its figure and table.
+
+Used by :mod:`experiments.alpha_beta_grid` and :mod:`experiments.ablations`; the sweep runs
+either as a Hydra multirun of ``nstyle-stylize`` (any launcher: ``+launcher=joblib``) or,
+with ``--batched``, through :mod:`nstyle.batched`. Then :func:`nstyle.collect.collect`
+writes ``summary/`` inside the sweep directory, and ``--publish DIR`` copies the grid, the
+loss curves and the table to ``DIR/<name>.png``, ``<name>_curves.png``, ``<name>.csv``,
+``<name>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from nstyle import collect
+
+
+def parse(prog: str, doc: str, argv: Sequence[str] | None):
+    p = argparse.ArgumentParser(prog=prog, description=doc.strip().splitlines()[0],
+                                epilog="Other arguments are Hydra overrides for nstyle-stylize (size=256 steps=300 "
+                                       "+launcher=joblib ...).")
+    p.add_argument("--batched", action="store_true", help="optimise members that differ only in α/β as one batch")
+    p.add_argument("--sweep-dir", default=None, help="where the jobs go (default: multirun/<name>/<time>)")
+    p.add_argument("--publish", default=None, help="copy figure and table here (e.g. experiments/results)")
+    p.add_argument("--overwrite", action="store_true", help="let --publish replace existing files")
+    p.add_argument("--no-eval", action="store_true", help="skip LPIPS / style distance in the table")
+    return p.parse_known_args(argv)
+
+
+def run_sweep(name: str, args, overrides: list[str], rows: str | None, cols: str | None, title: str) -> collect.Summary:
+    published = [f"{name}{s}" for s in (".png", "_curves.png", ".csv", ".md")]
+    dest = Path(args.publish) if args.publish else None
+    if dest is not None and not args.overwrite:
+        held = [n for n in published if (dest / n).exists()]
+        if held:
+            raise SystemExit(f"error: {dest} already holds {', '.join(held)}; add --overwrite to replace them")
+    sweep_dir = Path(args.sweep_dir or f"multirun/{name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    hydra_args = [f"experiment={name}", f"hydra.sweep.dir={sweep_dir}", *overrides]
+    t0 = time.perf_counter()
+    if args.batched:
+        from nstyle import batched
+
+        code = batched.main(hydra_args)
+    else:
+        code = subprocess.call([sys.executable, "-m", "nstyle.stylize", "-m", *hydra_args])
+    wall = time.perf_counter() - t0
+    if code != 0:
+        print(f"warning: the sweep exited with status {code}; collecting what it left", file=sys.stderr)
+    s = collect.collect(sweep_dir, rows_key=rows, cols_key=cols, evaluate=not args.no_eval, title=title)
+    print(s.report())
+    print(f"sweep wall time: {wall:.0f} s ({'batched' if args.batched else 'one job after another'})")
+    if dest is not None:
+        dest.mkdir(parents=True, exist_ok=True)
+        sources = [s.files.get("grid"), s.files.get("curves"), s.files.get("csv"), s.files.get("md")]
+        for src, target in zip(sources, published):
+            if src is not None:
+                tmp = dest / f".{target}.tmp"
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest / target)
+                print(f"published {dest / target}")
+    return s

@@ -1,0 +1,259 @@
+"""Batched sweeps: run the members of a grid that differ only in loss weights as ONE optimisation.
+
+    python -m nstyle.batched experiment=alpha_beta_grid [size=256 steps=300] [hydra.sweep.dir=DIR]
+    python -m nstyle.collect DIR
+
+Takes the same overrides as ``nstyle-stylize -m`` (the sweep comes from the experiment's
+``hydra.sweeper.params`` and from comma-separated command-line values), expands the grid
+in the same order as Hydra's basic sweeper, and groups the jobs that share everything but
+``loss.alpha`` / ``loss.beta`` / ``loss.tv_weight`` (e.g. the four α/β values of one column
+of the paper's grid). Each group is optimised as one batch by
+:func:`nstyle.optimize.stylize_batch`: the per-image loss weights are vmapped inside one
+jitted step, each image keeps its own L-BFGS memory — the result of each member is that of
+its own run (same start, same iterations), but the VGG passes of the batch run together
+and the step compiles once per group instead of once per job.
+
+Each member gets the directory a Hydra multirun would give it
+(``<sweep dir>/<override_dirname>/``) with ``.hydra/{config,overrides,hydra}.yaml``,
+``result.png``, ``metrics.json`` (per-member loss history; ``wall_s`` is the group's wall
+time, ``batch`` its size) and ``status.json``, so :mod:`nstyle.collect` reads batched and
+unbatched sweeps alike. Members that already hold a ``result.png`` are skipped (rerun the
+command to finish an interrupted sweep). Only single-stage runs (no ``schedule``) batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+PROG = "nstyle-batched"
+WEIGHT_KEYS = ("loss.alpha", "loss.beta", "loss.tv_weight")
+
+
+@dataclasses.dataclass
+class Member:
+    num: int  # Hydra's job number (order of the sweep)
+    overrides: list[str]  # this job's sweep overrides, e.g. ["loss.beta=1e3", "loss.style_layers=[conv1_1]"]
+
+
+def _parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def split_sweep(argv: Sequence[str], sweeper_params: dict) -> tuple[list[str], list[list[str]]]:
+    """(fixed overrides, per-key lists of sweep choices) from the command line and the preset.
+
+    Mirrors Hydra's BasicSweeper: the preset's ``hydra.sweeper.params`` first, a command-line
+    override of the same key replaces it; keys are expanded in that order by a cartesian product.
+    """
+    parser = _parser()
+    fixed: list[str] = []
+    sweeps: dict[str, list[str]] = {}
+    for k, v in sweeper_params.items():
+        (o,) = parser.parse_overrides([f"{k}={v}"])
+        sweeps[o.get_key_element()] = [f"{o.get_key_element()}={x}" for x in o.sweep_string_iterator()] \
+            if o.is_sweep_override() else [f"{k}={v}"]
+    for o in parser.parse_overrides(list(argv)):
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            sweeps[key] = [f"{key}={x}" for x in o.sweep_string_iterator()]
+        else:
+            sweeps.pop(key, None)
+            fixed.append(o.input_line)
+    return fixed, list(sweeps.values())
+
+
+def expand(sweeps: list[list[str]]) -> list[Member]:
+    return [Member(num=i, overrides=list(combo)) for i, combo in enumerate(itertools.product(*sweeps))]
+
+
+def group_members(members: Sequence[Member]) -> list[list[Member]]:
+    """Members that differ only in loss weights go together (order of first appearance)."""
+    groups: dict[tuple, list[Member]] = {}
+    for m in members:
+        key = tuple(o for o in m.overrides if o.split("=", 1)[0].lstrip("+") not in WEIGHT_KEYS)
+        groups.setdefault(key, []).append(m)
+    return list(groups.values())
+
+
+def _compose(conf_dir: Path, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def _write_job_files(job_dir: Path, cfg, task_overrides: list[str], num: int) -> None:
+    from omegaconf import OmegaConf
+
+    from nstyle import collect
+
+    hydra_dir = job_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    collect.write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(task_cfg))
+    collect.write_text_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(task_overrides)))
+    job = {"hydra": {"job": {"name": PROG, "override_dirname": str(cfg.hydra.job.override_dirname), "num": num,
+                             "id": str(num)}, "mode": "MULTIRUN", "batched": True}}
+    collect.write_text_atomic(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create(job)))
+
+
+def _status(job_dir: Path, status: str, **extra) -> None:
+    import os
+    import socket
+
+    from nstyle import collect
+
+    collect._write_json_atomic(job_dir / collect.STATUS_FILE, {"status": status, "pid": os.getpid(),
+                                                               "host": socket.gethostname(), "time": time.time(), **extra})
+
+
+def run_group(cfgs: list, job_dirs: list[Path], quiet: bool = True) -> dict:
+    """Optimise one group's members as one batch and write each member's files."""
+    import jax
+
+    from nstyle import config as config_mod
+    from nstyle import images, optimize, runinfo, stylize, weights
+
+    settings = [config_mod.to_library(c) for c in cfgs]
+    s0 = settings[0]
+    for s in settings[1:]:
+        same = dataclasses.replace(s, loss=dataclasses.replace(s.loss, alpha=s0.loss.alpha, beta=s0.loss.beta,
+                                                                tv_weight=s0.loss.tv_weight))
+        if same != s0:
+            raise ValueError("members of a batch must differ only in loss.alpha / loss.beta / loss.tv_weight")
+    if len(s0.sizes) > 1:
+        raise ValueError("batched sweeps support single-stage runs only (no schedule); run it with nstyle-stylize -m")
+    alphas = np.asarray([s.loss.alpha for s in settings], np.float32)
+    betas = np.asarray([s.loss.beta for s in settings], np.float32)
+    tvs = np.asarray([s.loss.tv_weight for s in settings], np.float32)
+    # which terms exist is static: compute a term if any member uses it; zeros switch it off per member
+    loss = dataclasses.replace(s0.loss, alpha=float(alphas.max()) or 0.0, beta=float(betas.max()) or 0.0,
+                               tv_weight=float(tvs.max()))
+    inputs = stylize.load_inputs(s0)
+    stylize.check_sizes(dataclasses.replace(s0, loss=loss), inputs, images.available_memory_bytes())
+    content, styles, init_file, shape = stylize.stage_images(s0, inputs, s0.sizes[-1])
+    params = weights.load(s0.arch)
+    # the start each member would have alone (nstyle-stylize: stage 0 key), shared by all
+    key = jax.random.fold_in(jax.random.key(s0.seed), 0)
+    x0 = optimize.initial_images(init_file if init_file is not None else s0.init, shape, 1, key,
+                                 content=content, styles=styles)  # (1, H, W, 3)
+    init = np.broadcast_to(np.asarray(x0), (len(cfgs),) + tuple(x0.shape[1:]))
+    optim = dataclasses.replace(s0.optim, steps=s0.stage_steps[-1])
+    t0 = time.perf_counter()
+    r = optimize.stylize_batch(params, loss, content=content, styles=styles, style_blend=s0.style_blend,
+                               weights={"alpha": alphas, "beta": betas, "tv_weight": tvs}, batch=len(cfgs),
+                               shape=shape, init=init, key=key, optim=optim)
+    wall = time.perf_counter() - t0
+    info = runinfo.collect(params=params, seed=s0.seed)
+    for i, (s, d) in enumerate(zip(settings, job_dirs)):
+        image = r.images[i]
+        if s.preserve_color == "luminance":
+            from nstyle import color
+
+            image = color.recombine_luminance(image, inputs.content)
+        final = {k: float(v[i]) for k, v in r.final.items()}
+        metrics = {
+            "result": "result.png", "stopped_reason": "nonfinite" if r.diverged[i] else r.stopped_reason,
+            "final_loss": final["loss"], "final": final, "iterations": r.iterations, "evals": int(r.evals[i]),
+            "evals_per_iter": float(r.evals_per_iter[i]), "compile_s": r.compile_s, "optimize_s": r.wall_s,
+            "wall_s": wall, "batch": len(cfgs), "batch_index": i,
+            "history": {k: v[:, i].tolist() for k, v in r.history.items()},
+            "result_sha256": runinfo.array_sha256(images.to_uint8(image)),
+            "settings": {"loss": s.loss, "optim": optim, "arch": s.arch, "sizes": s.sizes, "style_scale": s.style_scale},
+            **info,
+        }
+        images.save_image(d / "result.png", image)
+        runinfo.write_json_atomic(d / "metrics.json", metrics)
+        _status(d, "completed")
+    return {"wall_s": wall, "compile_s": r.compile_s, "batch": len(cfgs)}
+
+
+def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) -> Path:
+    """Expand, group and run the sweep given by ``argv``; returns the sweep directory."""
+    from omegaconf import OmegaConf
+
+    from nstyle import collect
+    from nstyle import config as config_mod
+    from nstyle import stylize
+
+    config_mod.register()
+    conf_dir = conf_dir or stylize.CONF_DIR
+    parser = _parser()
+    plain = [o.input_line for o in parser.parse_overrides(list(argv)) if not o.is_sweep_override()]
+    base = _compose(conf_dir, plain)
+    params = OmegaConf.to_container(base.hydra.sweeper.params or {}, resolve=False) or {}
+    fixed, sweeps = split_sweep(argv, params)
+    members = expand(sweeps)
+    sweep_dir = Path(str(base.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    # what Hydra's multirun.yaml holds: lets the collector count jobs not yet started
+    multirun = OmegaConf.to_container(base, resolve=False)
+    multirun["hydra"]["overrides"]["task"] = list(argv)
+    collect.write_text_atomic(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(OmegaConf.create(multirun)))
+    groups = group_members(members)
+    if not quiet:
+        print(f"{PROG}: {len(members)} jobs in {len(groups)} batches -> {sweep_dir}", file=sys.stderr)
+    for g in groups:
+        cfgs, dirs, todo = [], [], []
+        for m in g:
+            cfg = _compose(conf_dir, fixed + m.overrides)
+            d = sweep_dir / str(cfg.hydra.job.override_dirname)
+            if (d / "result.png").exists() and (d / "metrics.json").exists():
+                continue  # finished by an earlier (interrupted) invocation
+            _write_job_files(d, cfg, fixed + m.overrides, m.num)
+            _status(d, "running")
+            cfgs.append(cfg)
+            dirs.append(d)
+            todo.append(m)
+        if not cfgs:
+            continue
+        t0 = time.perf_counter()
+        try:
+            out = run_group(cfgs, dirs)
+        except Exception as e:  # noqa: BLE001 -- a failed batch is reported in its jobs; go on
+            msg = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            for d in dirs:
+                _status(d, "failed", error=msg)
+            print(f"{PROG}: batch of {len(dirs)} failed: {msg}", file=sys.stderr)
+            continue
+        if not quiet:
+            names = ", ".join(" ".join(m.overrides) for m in todo)
+            print(f"{PROG}: batch of {out['batch']} done in {time.perf_counter() - t0:.1f} s "
+                  f"(compile {out['compile_s']:.1f} s): {names}", file=sys.stderr)
+    return sweep_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    argv = [a for a in argv if a not in ("-m", "--multirun")]
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nstyle.images import ImageError
+    from nstyle.weights import WeightsError
+
+    try:
+        sweep_dir = run(argv)
+    except (ValueError, HydraException, OmegaConfBaseException, ImageError, WeightsError) as e:
+        # composition errors (misspelt keys, bad values): one line, no traceback
+        print(f"{PROG}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    print(sweep_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
