@@ -1,0 +1,163 @@
+"""Stylise images with a trained FastNet: one forward pass per image, any size.
+
+    nstyle-apply model=outputs/train/.../model.npz input=photo.jpg output=photo_starry.png
+    nstyle-apply model=model.npz input=photos/ output=stylised/        # a whole folder
+    nstyle-apply model=model.npz input=big.jpg output=out.png max_side=1024
+
+Each result is written atomically, next to a metadata file (``<output>.json`` for one
+image, ``<output>/nstyle-apply.json`` for a folder) naming the model file, its checksum and
+the checkpoint it was exported from. Existing outputs are never overwritten unless
+``overwrite=true``. Unreadable images in a folder are skipped, counted and listed.
+
+Options (key=value): ``model``, ``input``, ``output`` (required); ``max_side`` (resize the
+longest side first; default: the image's own size); ``overwrite`` (default false).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from nstyle import fastnet, images
+from nstyle.data import IMAGE_SUFFIXES
+
+USAGE = "usage: nstyle-apply model=FILE input=PATH output=PATH [max_side=N] [overwrite=true]"
+KEYS = ("model", "input", "output", "max_side", "overwrite")
+
+
+class UserError(ValueError):
+    pass
+
+
+def parse(argv: Sequence[str]) -> dict:
+    opts: dict = {}
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            raise UserError(USAGE)
+        key, sep, value = arg.partition("=")
+        if not sep or key not in KEYS:
+            raise UserError(f"unknown argument '{arg}'; {USAGE}")
+        opts[key] = value
+    for key in ("model", "input", "output"):
+        if not opts.get(key):
+            raise UserError(f"missing {key}=...; {USAGE}")
+    if "max_side" in opts:
+        try:
+            opts["max_side"] = int(opts["max_side"])
+        except ValueError:
+            raise UserError(f"max_side must be a whole number of pixels, got '{opts['max_side']}'") from None
+        if opts["max_side"] < 1:
+            raise UserError(f"max_side must be >= 1, got {opts['max_side']}")
+    flag = str(opts.get("overwrite", "false")).lower()
+    if flag not in ("true", "false", "1", "0", "yes", "no"):
+        raise UserError(f"overwrite must be true or false, got '{opts['overwrite']}'")
+    opts["overwrite"] = flag in ("true", "1", "yes")
+    return opts
+
+
+class Styliser:
+    """A loaded model; ``__call__`` maps (H, W, 3) [0, 1] to (H, W, 3), compiled once per image shape."""
+
+    def __init__(self, model_path: str | os.PathLike):
+        self.path = Path(model_path)
+        self.cfg, self.params, self.meta = fastnet.load_model(self.path)
+        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self._run = jax.jit(lambda p, x: fastnet.stylise(self.cfg, p, x))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        out = self._run(self.params, image[None])  # (1, H, W, 3)
+        return np.asarray(jax.device_get(out))[0]
+
+    def describe(self) -> dict:
+        return {"model": str(self.path.resolve()), "model_sha256": self.sha256,
+                "checkpoint": self.meta.get("checkpoint"), "trained": self.meta}
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def run(opts: dict, log=print) -> dict:
+    """Do what the command line asks; returns the metadata written. Raises UserError on bad input."""
+    src, dst = Path(opts["input"]), Path(opts["output"])
+    if not src.exists():
+        raise UserError(f"input '{src}' does not exist; give an image file or a folder of images")
+    if src.is_dir():
+        todo = _list_images(src)
+        if not todo:
+            raise UserError(f"input folder '{src}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        if dst.exists() and (not dst.is_dir() or (any(dst.iterdir()) and not opts["overwrite"])):
+            raise UserError(f"output '{dst}' already exists and is not an empty folder; choose a new folder or add overwrite=true")
+        pairs = [(p, dst / p.relative_to(src)) for p in todo]
+        meta_path = dst / "nstyle-apply.json"
+    else:
+        if dst.exists() and not opts["overwrite"]:
+            raise UserError(f"output '{dst}' already exists; choose another name or add overwrite=true")
+        if dst.is_dir():
+            raise UserError(f"output '{dst}' is a folder; for one input image give an output file name such as out.png")
+        try:
+            images._format_for(dst)
+        except images.ImageError as e:
+            raise UserError(str(e)) from None
+        pairs = [(src, dst)]
+        meta_path = dst.with_name(dst.name + ".json")
+    try:
+        model = Styliser(opts["model"])
+    except fastnet.ModelFileError as e:
+        raise UserError(str(e)) from None
+
+    done, skipped = [], []
+    for inp, out in pairs:
+        try:
+            img = images.load_image(inp, max_side=opts.get("max_side"))  # (H, W, 3)
+        except images.ImageError as e:
+            if len(pairs) == 1:
+                raise UserError(str(e)) from None
+            skipped.append({"input": str(inp), "error": str(e)})
+            log(f"skipped {inp}: {e}")
+            continue
+        t = time.perf_counter()
+        result = model(img)
+        seconds = time.perf_counter() - t  # includes compilation for a new image shape
+        images.save_image(out, result)
+        done.append({"input": str(inp), "output": str(out), "size": [int(img.shape[0]), int(img.shape[1])],
+                     "seconds": round(seconds, 4)})
+        log(f"{inp} -> {out} ({img.shape[1]}x{img.shape[0]}, {seconds:.2f} s)")
+    if not done:
+        raise UserError(f"no image in '{src}' could be read ({len(skipped)} skipped); check the files")
+    meta = {**model.describe(), "input": str(src), "output": str(dst), "images": done, "skipped": skipped,
+            "max_side": opts.get("max_side"), "jax": jax.__version__, "platform": jax.devices()[0].platform}
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(meta_path, meta)
+    return meta
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        opts = parse(sys.argv[1:] if argv is None else argv)
+        meta = run(opts)
+    except UserError as e:
+        print(f"nstyle-apply: error: {e}", file=sys.stderr)
+        return 2
+    n = len(meta["images"])
+    print(f"nstyle-apply: wrote {n} image{'s' * (n != 1)}" + (f", skipped {len(meta['skipped'])}" if meta["skipped"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Atomic, flat ``.npz`` checkpoints of a pytree plus a JSON of everything else.
+
+    save(dir, step, {"params": p, "opt_state": o, "step": s}, info={"data": {...}}, keep=3)
+    path = latest(dir)                                   # None when there is none
+    tree, info = restore(path, like=template_tree)       # same structure as ``like``
+
+Each checkpoint is one file ``ckpt_<step>.npz``: the pytree flattened with '/'-joined key
+paths (``opt_state/0/mu/ConvIN_0/Conv_0/kernel``) and a ``__info__`` JSON string, read back
+with ``allow_pickle=False``. It is written to a hidden temporary file in the same folder,
+fsynced and renamed, so a crash (or SIGKILL) mid-write leaves the previous checkpoints
+intact; only then are the oldest beyond ``keep`` deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from nstyle.fastnet import flatten
+
+_NAME = re.compile(r"^ckpt_(\d+)\.npz$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable or does not match the run it should resume."""
+
+
+def path_for(directory: str | os.PathLike, step: int) -> Path:
+    return Path(directory) / f"ckpt_{int(step):08d}.npz"
+
+
+def all_steps(directory: str | os.PathLike) -> list[int]:
+    """Steps of the complete checkpoints in ``directory``, ascending (temporary files ignored)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _NAME.match(p.name)))
+
+
+def save(directory: str | os.PathLike, step: int, tree: Any, info: dict | None = None, keep: int = 3) -> Path:
+    """Write ``tree`` (any pytree of arrays) and ``info`` (JSON-able) as checkpoint ``step``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    arrays = flatten(jax.device_get(tree))
+    if "__info__" in arrays:
+        raise ValueError("'__info__' is reserved")
+    arrays["__info__"] = np.array(json.dumps({"step": int(step), **(info or {})}, sort_keys=True))
+    final = path_for(d, step)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(d)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if keep > 0:
+        for old in all_steps(d)[:-keep]:
+            path_for(d, old).unlink(missing_ok=True)
+    return final
+
+
+def _fsync_dir(d: Path) -> None:
+    """Make the rename itself durable (POSIX); harmless where directories cannot be opened."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """``(flat arrays, info)`` of one checkpoint file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            flat = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    if "__info__" not in flat:
+        raise CheckpointError(f"{path}: not an nstyle checkpoint (no '__info__' entry)")
+    info = json.loads(str(flat.pop("__info__")))
+    return flat, info
+
+
+def restore(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
+    """Rebuild a pytree shaped like ``like`` from checkpoint ``path``; every name, shape and dtype must match."""
+    flat, info = read(path)
+    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    want = flatten(like)
+    missing = sorted(set(want) - set(flat))
+    extra = sorted(set(flat) - set(want))
+    if missing or extra:
+        raise CheckpointError(f"{path}: does not match this run's state (missing {missing[:3]}, unexpected {extra[:3]}); "
+                              f"was it written with another network or optimiser config?")
+    leaves = []
+    for key, ref in zip(want, jax.tree_util.tree_leaves(like)):
+        arr = flat[key]
+        if arr.shape != np.shape(ref) or arr.dtype != np.asarray(ref).dtype:
+            raise CheckpointError(f"{path}: '{key}' is {arr.dtype}{arr.shape}, this run expects "
+                                  f"{np.asarray(ref).dtype}{np.shape(ref)}")
+        leaves.append(arr)
+    return jax.tree_util.tree_unflatten(treedef, leaves), info
+
+
+def latest(directory: str | os.PathLike) -> Path | None:
+    """The newest checkpoint file in ``directory`` that can be read, or None."""
+    for step in reversed(all_steps(directory)):
+        p = path_for(directory, step)
+        try:
+            read(p)
+        except CheckpointError:
+            continue  # cannot happen with our atomic writes, but a copied-in damaged file must not stop a resume
+        return p
+    return None

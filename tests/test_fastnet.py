@@ -1,0 +1,122 @@
+"""FastNet: the paper's architecture, any-size stylisation, the exported model file."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nstyle import fastnet
+
+
+def conv(k, cin, cout):
+    return k * k * cin * cout + cout
+
+
+def paper_param_count(w=32, blocks=5):
+    """Johnson et al.'s network counted by hand: convs (with bias) + instance-norm scale/shift."""
+    n = conv(9, 3, w) + 2 * w  # 9×9 conv w, IN
+    n += conv(3, w, 2 * w) + 4 * w  # stride-2 conv 2w, IN
+    n += conv(3, 2 * w, 4 * w) + 8 * w  # stride-2 conv 4w, IN
+    n += blocks * 2 * (conv(3, 4 * w, 4 * w) + 8 * w)  # residual blocks: two convs + INs each
+    n += conv(3, 4 * w, 2 * w) + 4 * w  # upsample, conv 2w, IN
+    n += conv(3, 2 * w, w) + 2 * w  # upsample, conv w, IN
+    n += conv(9, w, 3)  # 9×9 conv to RGB, no norm
+    return n
+
+
+TINY = fastnet.FastNetConfig(width=4, blocks=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return fastnet.init(TINY, jax.random.key(0))
+
+
+def test_full_architecture_parameter_count_and_shapes():
+    cfg = fastnet.FastNetConfig()
+    shapes = jax.eval_shape(lambda: fastnet.init(cfg, jax.random.key(0)))
+    assert fastnet.param_count(shapes) == paper_param_count() == 1_679_235  # = PyTorch's fast_neural_style net
+    assert shapes["ConvIN_0"]["Conv_0"]["kernel"].shape == (9, 9, 3, 32)
+    assert shapes["ConvIN_2"]["Conv_0"]["kernel"].shape == (3, 3, 64, 128)
+    assert len([k for k in shapes if k.startswith("Residual_")]) == 5
+    assert shapes["ConvIN_3"]["Conv_0"]["kernel"].shape == (9, 9, 32, 3)
+    params = fastnet.init(cfg, jax.random.key(0))
+    out = jax.eval_shape(lambda p, x: fastnet.apply(cfg, p, x), params, jax.ShapeDtypeStruct((2, 64, 48, 3), jnp.float32))
+    assert out.shape == (2, 64, 48, 3)
+    # the transposed-convolution variant has the same parameter count (3×3 kernels either way)
+    t = fastnet.FastNetConfig(upsample="transpose")
+    assert fastnet.param_count(jax.eval_shape(lambda: fastnet.init(t, jax.random.key(0)))) == 1_679_235
+
+
+def test_width_and_blocks_are_config_values():
+    for w, b in [(8, 0), (8, 2), (16, 3)]:
+        shapes = jax.eval_shape(lambda: fastnet.init(fastnet.FastNetConfig(width=w, blocks=b), jax.random.key(0)))
+        assert fastnet.param_count(shapes) == paper_param_count(w, b)
+
+
+def test_output_in_unit_range_and_depends_on_input(tiny_params):
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    y = fastnet.apply(TINY, tiny_params, x)
+    assert y.shape == x.shape
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert not np.allclose(y[0], y[1])  # instance norm keeps images independent, not constant
+
+
+def test_images_in_a_batch_are_independent(tiny_params):
+    """Instance norm: an image's output does not depend on its batch mates (unlike batch norm)."""
+    x = jax.random.uniform(jax.random.key(2), (3, 32, 32, 3))
+    both = fastnet.apply(TINY, tiny_params, x)
+    alone = fastnet.apply(TINY, tiny_params, x[1:2])
+    np.testing.assert_allclose(both[1:2], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(37, 50), (5, 9), (64, 48)])
+def test_stylise_any_size_crops_back(tiny_params, shape):
+    x = jax.random.uniform(jax.random.key(3), (1, *shape, 3))
+    y = fastnet.stylise(TINY, tiny_params, x)
+    assert y.shape == x.shape
+    if shape[0] % 4 == 0 and shape[1] % 4 == 0:  # nothing to pad: identical to the plain network
+        np.testing.assert_array_equal(y, fastnet.apply(TINY, tiny_params, x))
+
+
+def test_pad_to_multiple_reflects():
+    x = jnp.arange(5.0)[None, :, None, None] * jnp.ones((1, 5, 6, 1))
+    p, hw = fastnet.pad_to_multiple(x, 4)
+    assert hw == (5, 6) and p.shape == (1, 8, 8, 1)
+    # rows 0..4 padded by 1 above and 2 below, mirrored without repeating the edge
+    np.testing.assert_array_equal(p[0, :, 0, 0], [1, 0, 1, 2, 3, 4, 3, 2])
+
+
+def test_jitted_stylise_does_not_recompile(tiny_params):
+    f = jax.jit(lambda p, x: fastnet.stylise(TINY, p, x))
+    x = jnp.ones((1, 30, 30, 3)) * 0.4
+    f(tiny_params, x)
+    f(tiny_params, x * 0.5)
+    assert f._cache_size() == 1
+
+
+def test_export_and_load_round_trip(tmp_path, tiny_params):
+    path = tmp_path / "model.npz"
+    fastnet.export_model(path, TINY, tiny_params, {"style": "builtin:chelsea", "checkpoint": "ckpt_00000010.npz"})
+    with np.load(path, allow_pickle=False) as z:  # plain arrays + one JSON string, no pickles
+        header = json.loads(str(z["__model__"]))
+        assert header["fastnet"] == {"width": 4, "blocks": 1, "upsample": "nearest", "epsilon": 1e-5}
+    cfg, params, meta = fastnet.load_model(path)
+    assert cfg == TINY and meta["checkpoint"] == "ckpt_00000010.npz"
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, tiny_params)
+    x = jnp.full((1, 16, 16, 3), 0.3).at[:, 4:9].set(0.8)
+    np.testing.assert_array_equal(fastnet.apply(cfg, params, x), fastnet.apply(TINY, tiny_params, x))
+
+
+def test_load_rejects_files_that_are_not_models(tmp_path, tiny_params):
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    (tmp_path / "text.npz").write_text("hello")
+    bad = {f"params/{k}": v for k, v in fastnet.flatten(tiny_params).items() if "Residual" not in k}
+    header = {"format": fastnet.MODEL_FORMAT, "version": 1, "fastnet": {"width": 4, "blocks": 1}, "meta": {}}
+    np.savez(tmp_path / "damaged.npz", __model__=np.array(json.dumps(header)), **bad)
+    for name, words in [("other.npz", "not an nstyle"), ("text.npz", "not a readable"), ("missing.npz", "no such"),
+                        ("damaged.npz", "do not match")]:
+        with pytest.raises(fastnet.ModelFileError, match=words):
+            fastnet.load_model(tmp_path / name)
