@@ -142,6 +142,7 @@ class _TorchUnpickler(pickle.Unpickler):
     def __init__(self, file: BinaryIO, storages: dict[str, _Storage], what: str):
         super().__init__(file)
         self._storages = storages
+        self._views: dict[str, _StorageView] = {}
         self._what = what
 
     def find_class(self, module: str, name: str) -> Any:
@@ -167,10 +168,15 @@ class _TorchUnpickler(pickle.Unpickler):
         if view is None:
             return root
         try:
-            _view_key, offset, size = view
-        except (TypeError, ValueError):
+            view_key, offset, size = str(view[0]), int(view[1]), int(view[2])
+        except (TypeError, ValueError, IndexError):
             raise WeightFileError(f"{self._what}: malformed storage view {view!r}") from None
-        return _StorageView(root, int(offset), int(size))
+        # as torch: views and storages share one key space, and the first use of a key wins
+        if view_key in self._storages:
+            return self._storages[view_key]
+        if view_key not in self._views:
+            self._views[view_key] = _StorageView(root, offset, size)
+        return self._views[view_key]
 
 
 def _materialize(obj, what: str):

@@ -56,12 +56,12 @@ class T:
     size: tuple
     stride: tuple | None = None  # contiguous if None
 
-    def pickle(self, storages: dict[str, np.ndarray], view=None) -> bytes:
+    def pickle(self, storages: dict[str, np.ndarray], legacy: bool = False, view: bytes = b"N") -> bytes:
         stride = self.stride or tuple(int(np.prod(self.size[i + 1:])) for i in range(len(self.size)))
         data = storages[self.key]
         kind = {np.float32: "FloatStorage", np.uint8: "ByteStorage", np.int64: "LongStorage"}[data.dtype.type]
         pid = [_str("storage"), _glob("torch", kind), _str(self.key), _str("cpu"), _int(data.size)]
-        if view is not None:
+        if legacy:  # legacy ids end with view metadata: None, or (view_key, offset, size)
             pid.append(view)
         return (_glob("torch._utils", "_rebuild_tensor_v2") + b"("
                 + _tuple(*pid) + b"Q" + _int(self.offset) + _tuple(*map(_int, self.size))
@@ -74,7 +74,7 @@ def _state_pickle(entries: dict[str, bytes]) -> bytes:
 
 def write_legacy(tensors: dict[str, T], storages: dict[str, np.ndarray], extra: dict[str, bytes] | None = None) -> bytes:
     """A legacy-format torch.save file: magic, protocol, sys info, the dict, keys, raw storages."""
-    main = _state_pickle({**{k: t.pickle(storages) for k, t in tensors.items()}, **(extra or {})})
+    main = _state_pickle({**{k: t.pickle(storages, legacy=True) for k, t in tensors.items()}, **(extra or {})})
     out = [pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2), pickle.dumps(1001, protocol=2),
            pickle.dumps({"protocol_version": 1001, "little_endian": True,
                          "type_sizes": {"short": 2, "int": 4, "long": 4}}, protocol=2),
@@ -112,12 +112,17 @@ def test_legacy_reader_rebuilds_views_offsets_and_dtypes():
 
 
 def test_legacy_storage_view_metadata():
-    """Old files may save a storage as (view_key, offset, size) of a root storage."""
+    """Old files may save a storage as (view_key, offset, size) of a root storage (torch reads these the same)."""
     storages = {"1": np.arange(10, dtype=np.float32)}
-    view = _tuple(_str("1"), _int(4), _int(3))
-    main = _state_pickle({"v": T("1", 1, (2,)).pickle(storages, view=view)})
-    data = write_legacy({}, storages).replace(_state_pickle({}), main)
-    np.testing.assert_array_equal(read_torch_legacy(data)["v"], [5.0, 6.0])  # root[4:7][1:3]
+    view = _tuple(_str("v1"), _int(4), _int(3))
+    tensors = {"v": T("1", 1, (2,)).pickle(storages, legacy=True, view=view),
+               "again": T("1", 0, (3,)).pickle(storages, legacy=True, view=view),  # same view key: same view
+               "root": T("1", 0, (10,)).pickle(storages, legacy=True)}
+    data = write_legacy({}, storages).replace(_state_pickle({}), _state_pickle(tensors))
+    out = read_torch_legacy(data)
+    np.testing.assert_array_equal(out["v"], [5.0, 6.0])  # root[4:7][1:3]
+    np.testing.assert_array_equal(out["again"], [4.0, 5.0, 6.0])
+    np.testing.assert_array_equal(out["root"], np.arange(10))
 
 
 @pytest.mark.parametrize("name", ["torch_small_zip.pt", "torch_small_legacy.pt"])
