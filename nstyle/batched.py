@@ -92,6 +92,18 @@ def _compose(conf_dir: Path, overrides: list[str]):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
+def task_config(cfg):
+    """The job's config without the ``hydra`` node, as Hydra hands it to a task."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    task_cfg = copy.deepcopy(cfg)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
+
+
 def _write_job_files(job_dir: Path, cfg, task_overrides: list[str], num: int) -> None:
     from omegaconf import OmegaConf
 
@@ -99,8 +111,7 @@ def _write_job_files(job_dir: Path, cfg, task_overrides: list[str], num: int) ->
 
     hydra_dir = job_dir / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
-    collect.write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(task_cfg))
+    collect.write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(task_config(cfg)))
     collect.write_text_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(task_overrides)))
     job = {"hydra": {"job": {"name": PROG, "override_dirname": str(cfg.hydra.job.override_dirname), "num": num,
                              "id": str(num)}, "mode": "MULTIRUN", "batched": True}}
@@ -212,7 +223,7 @@ def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) 
                 continue  # finished by an earlier (interrupted) invocation
             _write_job_files(d, cfg, fixed + m.overrides, m.num)
             _status(d, "running")
-            cfgs.append(cfg)
+            cfgs.append(task_config(cfg))
             dirs.append(d)
             todo.append(m)
         if not cfgs:

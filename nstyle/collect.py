@@ -457,7 +457,9 @@ def value_label(key: str, value: str) -> str:
 
 
 def key_label(key: str) -> str:
-    return {"loss.alpha_beta": "α/β", "loss.ratio": "α/β", "loss.alpha": "α", "loss.beta": "β"}.get(key, key)
+    return {"loss.alpha": "α", "loss.beta": "β", "loss.style_layers": "style layers (w_l = 1/n)",
+            "loss.content_layers": "content layer", "network.pooling": "VGG pooling", "optim": "optimiser",
+            "init": "initial image"}.get(key, key)
 
 
 def _sort_values(values: Iterable[str]) -> list[str]:

@@ -105,3 +105,130 @@ def test_correlation_length_measures_structure_size():
     assert 2.0 < _metrics.correlation_length(stripes) < 8.0
     assert _metrics.psnr(noise, noise) == float("inf")
     assert abs(_metrics.pixel_mse(noise, noise + 0.1) - 0.01) < 1e-9
+
+
+# ------------------------------------------------------------------------------- sweeps
+
+CONF = ROOT / "conf"
+SWEEPS = ["alpha_beta_grid", "ablation_pooling", "ablation_content_layer", "ablation_init", "ablation_optimizer"]
+
+
+def _compose_stylize(overrides: list[str]):
+    from nstyle import config as config_mod
+
+    config_mod.register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_presets_compose_and_expand(name: str):
+    from nstyle import batched, config as config_mod
+
+    cfg = _compose_stylize([f"experiment={name}"])
+    assert str(cfg.hydra.sweep.dir).startswith(f"multirun/{name}/")
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.override_dirname}"
+    assert cfg.hydra.callbacks.job_status._target_ == "nstyle.collect.JobStatusCallback"
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    fixed, sweeps = batched.split_sweep([], params)
+    members = batched.expand(sweeps)
+    for m in members:  # every job of the sweep is a valid run
+        job = batched.task_config(_compose_stylize([f"experiment={name}", *m.overrides]))
+        config_mod.to_library(job)
+    if name == "alpha_beta_grid":
+        assert len(members) == 20
+        groups = batched.group_members(members)
+        assert len(groups) == 5 and all(len(g) == 4 for g in groups)  # one batch per style depth
+        job = _compose_stylize([f"experiment={name}", *members[0].overrides])
+        assert job.hydra.job.override_dirname == "loss.beta=100000.0,loss.style_layers=[conv1_1]"
+    else:
+        assert 2 <= len(members) <= 4
+
+
+def test_command_line_sweep_replaces_the_preset():
+    from nstyle import batched
+
+    fixed, sweeps = batched.split_sweep(["loss.beta=1,2", "size=32"], {"loss.beta": "1e5,1e4,1e3", "init": "noise,content"})
+    assert fixed == ["size=32"]
+    assert sweeps == [["loss.beta=1", "loss.beta=2"], ["init=noise", "init=content"]]
+
+
+def test_slurm_launcher_config_composes_without_launching():
+    from hydra.utils import instantiate
+
+    cfg = _compose_stylize(["experiment=alpha_beta_grid", "+launcher=slurm", "hydra.launcher.partition=gpu"])
+    lc = cfg.hydra.launcher
+    assert lc._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert lc.partition == "gpu" and lc.gpus_per_node == 1 and lc.array_parallelism >= 20
+    assert str(lc.submitit_folder).endswith("/.submitit/%j")
+    launcher = instantiate(lc)  # builds the plugin object; nothing is submitted
+    assert type(launcher).__name__ == "SlurmLauncher"
+    joblib = _compose_stylize(["experiment=alpha_beta_grid", "+launcher=joblib"]).hydra.launcher
+    assert joblib._target_.endswith("joblib_launcher.JoblibLauncher") and joblib.n_jobs == 2
+
+
+# cheap jobs for launching for real: shallow layers compile and run in a second or two
+TINY_BASE = ["debug=tiny", "size=32", "steps=3", "loss.content_layers=[conv1_2]"]
+TINY = [*TINY_BASE, "loss.style_layers=[conv1_1]"]
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_two_jobs_and_collector_reads_them(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from nstyle import collect
+
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "nstyle.stylize", "-m", "experiment=ablation_optimizer", "+launcher=joblib",
+           f"hydra.sweep.dir={sweep}", *TINY]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Joblib" in r.stdout + r.stderr  # it went through the joblib launcher
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["optim=adam", "optim=lbfgs"]
+    s = collect.collect(sweep, cols_key="optim")
+    assert s.counts["completed"] == 2 and s.counts["pending"] == 0
+    for row in s.rows:
+        assert row["content_loss"] > 0 and row["style_loss"] > 0 and row["wall_time_s"] > 0
+        assert 0 <= row["lpips_content"] < 1 and row["style_distance"] > 0
+    for j in s.jobs:  # the callback of the preset marked them
+        assert json.loads((j.path / collect.STATUS_FILE).read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_batched_sweep_matches_one_by_one(tmp_path: Path):
+    from nstyle import batched, collect, config as config_mod, stylize
+
+    sweep = tmp_path / "sweep"
+    argv = ["experiment=alpha_beta_grid", f"hydra.sweep.dir={sweep}", *TINY, "loss.beta=1e2,1e4"]
+    assert batched.main(argv) == 0
+    s = collect.collect(sweep, evaluate=False)
+    assert s.counts["completed"] == 2
+    assert [j.name for j in s.jobs] == ["loss.beta=100.0", "loss.beta=10000.0"]
+    m = json.loads((s.jobs[1].path / "metrics.json").read_text())
+    assert m["batch"] == 2 and len(m["history"]["loss"]) == 3
+    # the member's result is the result of running it alone with nstyle-stylize
+    cfg = batched.task_config(_compose_stylize(["experiment=alpha_beta_grid", *TINY, "loss.beta=1e4"]))
+    alone = stylize.run(config_mod.to_library(cfg), tmp_path / "alone")
+    a = images.load_image(tmp_path / "alone" / "result.png")
+    b = images.load_image(s.jobs[1].path / "result.png")
+    assert np.abs(a - b).max() <= 2 / 255
+    assert abs(m["final_loss"] - alone["final_loss"]) <= 1e-3 * alone["final_loss"]
+    # a second call finds every member done and runs nothing
+    assert batched.main(argv) == 0
+
+
+@pytest.mark.slow
+def test_alpha_beta_grid_experiment_debug_end_to_end(tmp_path: Path):
+    from experiments import alpha_beta_grid
+
+    pub = tmp_path / "results"
+    argv = ["--batched", "--sweep-dir", str(tmp_path / "sweep"), "--publish", str(pub), *TINY_BASE,
+            "loss.style_layers=[conv1_1],[conv1_1,conv2_1]"]
+    assert alpha_beta_grid.main(argv) == 0
+    rows = _rows(pub / "alpha_beta_grid.csv")
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"completed"}
+    assert sorted({float(r["alpha/beta"]) for r in rows}) == [1e-5, 1e-4, 1e-3, 1e-2]
+    assert images.load_image(pub / "alpha_beta_grid.png").shape[0] > 400
+    with pytest.raises(SystemExit, match="--overwrite"):
+        alpha_beta_grid.main(argv)
