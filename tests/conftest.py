@@ -1,0 +1,19 @@
+"""Fixtures shared by the test modules: the real VGG19 weights and small built-in images."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def vgg19():
+    """The cached VGG19 (Caffe) weights, loaded once per session."""
+    from nstyle import weights
+
+    return weights.load("vgg19")
+
+
+@pytest.fixture(scope="session")
+def small_images():
+    """{"content": chelsea, "style": ihc}, (H, W, 3) float32, longest side 48 px."""
+    from nstyle import images
+
+    return {"content": images.load_image("builtin:chelsea", 48), "style": images.load_image("builtin:ihc", 48)}
