@@ -134,21 +134,22 @@ def check_run_dir(out_dir: Path, overwrite: bool) -> None:
 class Progress:
     """tqdm bar over all stages with the current loss terms, and the snapshot writer."""
 
-    def __init__(self, total: int, quiet: bool, snapshot_every: int, snap_dir: Path, finish):
+    def __init__(self, total: int, quiet: bool, snapshot_every: int, snap_dir: Path, finish, show_tv: bool):
         self.total, self.quiet, self.every, self.snap_dir, self.finish = total, quiet, snapshot_every, snap_dir, finish
+        self.show_tv = show_tv
         self.done = 0
         self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=PROG, unit="it", dynamic_ncols=True, file=sys.stderr)
 
     def __call__(self, i: int, state, m: dict) -> None:
         self.done += 1
-        if self.bar is not None:
+        if not self.quiet:
+            if self.bar is None:  # made at the first iteration, so it/s does not count loading and compiling
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.total, desc=PROG, unit="it", dynamic_ncols=True, file=sys.stderr)
             self.bar.update(1)
             post = {"loss": m["loss"][0], "content": m["content"][0], "style": m["style"][0]}
-            if float(m["tv"][0]):
+            if self.show_tv:
                 post["tv"] = m["tv"][0]
             self.bar.set_postfix({k: f"{float(v):.3g}" for k, v in post.items()}, refresh=False)
         if self.every and self.done % self.every == 0:
@@ -186,7 +187,7 @@ def run(s: config_mod.Settings, out_dir: Path, *, overwrite: bool = False, quiet
         return x
 
     key = jax.random.key(s.seed)
-    progress = Progress(sum(s.stage_steps), quiet, s.snapshot_every, out_dir / "snapshots", finish)
+    progress = Progress(sum(s.stage_steps), quiet, s.snapshot_every, out_dir / "snapshots", finish, s.loss.tv_weight > 0)
     stages, history, image = [], {}, None
     reason, evals, iters = "steps", 0, 0
     t_start = time.perf_counter()
