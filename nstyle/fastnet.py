@@ -15,7 +15,8 @@ Architecture (Johnson, Alahi, Fei-Fei 2016, supplementary Table 1, with instance
     ×2 nearest upsample, 3×3 conv w  → IN → ReLU   (B, H,   W,   w)
     9×9 conv 3 → (tanh + 1) / 2                    (B, H,   W,   3)
 
-Every conv pads its input by reflection, so borders carry image statistics instead of zeros.
+Convolutions followed by instance norm carry no bias (the norm removes it; its learnt shift
+plays that role). Every conv pads its input by reflection, so borders carry image statistics instead of zeros.
 Upsampling is nearest-neighbour followed by a convolution (Odena et al. 2016): a stride-2
 transposed convolution (``upsample="transpose"``, the paper's original) overlaps its kernel
 unevenly and leaves checkerboard artefacts.
@@ -83,7 +84,10 @@ class ConvIN(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = _reflect(x, self.kernel // 2)
-        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride), padding="VALID")(x)
+        # no bias before instance norm: IN subtracts the channel mean, so a bias's gradient is
+        # rounding noise, which Adam would amplify into ±lr steps of a parameter that does nothing
+        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride), padding="VALID",
+                    use_bias=not self.norm)(x)
         if self.norm:
             # per image and channel over (H, W), with a learnt scale and shift
             x = nn.InstanceNorm(epsilon=self.epsilon)(x)
@@ -113,7 +117,7 @@ class Upsample(nn.Module):
         if self.mode == "nearest":
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # (B, 2H, 2W, C)
             return ConvIN(self.features, 3, epsilon=self.epsilon)(x)
-        x = nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), padding="SAME")(x)  # (B, 2H, 2W, F)
+        x = nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), padding="SAME", use_bias=False)(x)  # (B, 2H, 2W, F)
         x = nn.InstanceNorm(epsilon=self.epsilon)(x)
         return nn.relu(x)
 

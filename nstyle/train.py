@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nstyle import checkpoint, data, fastnet, images, losses, vgg, weights
+from nstyle import checkpoint, data, fastnet, images, losses, runinfo, vgg, weights
 
 log = logging.getLogger("nstyle.train")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -226,34 +226,6 @@ def shard_batch(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
 # ----------------------------------------------------------------------------- outputs
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    try:
-        from nstyle.runinfo import write_json_atomic
-    except ImportError:  # the shared helper is optional; same contract
-        import tempfile
-
-        def write_json_atomic(path, obj):
-            path = Path(path)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(obj, f, indent=2, sort_keys=True, default=str)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-    write_json_atomic(path, obj)
-
-
-def _run_info() -> dict:
-    try:
-        from nstyle import runinfo
-
-        return {"versions": runinfo.versions()}
-    except Exception:  # noqa: BLE001 -- provenance is a nicety, never a failure
-        import flax
-
-        return {"versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__}}
-
-
 CSV_FIELDS = ("step", "loss", "content", "style", "tv", "grad_norm", "images_per_s", "time_s")
 
 
@@ -372,6 +344,9 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike) -> dict:
     ckpt_dir = workdir / "checkpoints"
     csv_path = workdir / "metrics.csv"
     start = 0
+    if not cfg.resume and checkpoint.all_steps(ckpt_dir):
+        raise UserError(f"{ckpt_dir} already holds checkpoints and resume=false; use a new hydra.run.dir "
+                        f"(or resume=true to continue that run)")
     last = checkpoint.latest(ckpt_dir) if cfg.resume else None
     if last is not None:
         tree, info = checkpoint.restore(last, like=state._asdict())
@@ -385,7 +360,7 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike) -> dict:
         start = int(state.step)
         log.info("resuming from %s (step %d)", last.name, start)
         _truncate_csv(csv_path, start)
-    elif cfg.resume and csv_path.exists():
+    elif csv_path.exists():  # starting afresh in a used directory: the old log is not this run's
         _truncate_csv(csv_path, 0)
     state = jax.device_put(state, NamedSharding(mesh, P()))
 
@@ -474,9 +449,9 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike) -> dict:
         "model": "model.npz", "fastnet": dataclasses.asdict(net), "param_count": fastnet.param_count(params),
         "loss": {"network": cfg.loss.network, "content_layers": list(loss.content_layers),
                  "style_layers": list(loss.style_layers), "weights_checksum": loss_params.checksum},
-        **_run_info(),
+        "run": runinfo.collect(params=loss_params, seed=cfg.seed),
     }
-    _write_json_atomic(workdir / "metrics.json", summary)
+    runinfo.write_json_atomic(workdir / "metrics.json", summary)
     return summary
 
 

@@ -10,19 +10,20 @@ import pytest
 from nstyle import fastnet
 
 
-def conv(k, cin, cout):
-    return k * k * cin * cout + cout
+def conv(k, cin, cout, bias=False):
+    """A conv's weights; only the last conv has a bias (instance norm follows the others)."""
+    return k * k * cin * cout + (cout if bias else 0)
 
 
 def paper_param_count(w=32, blocks=5):
-    """Johnson et al.'s network counted by hand: convs (with bias) + instance-norm scale/shift."""
+    """Johnson et al.'s network counted by hand: conv kernels + instance-norm scale/shift."""
     n = conv(9, 3, w) + 2 * w  # 9×9 conv w, IN
     n += conv(3, w, 2 * w) + 4 * w  # stride-2 conv 2w, IN
     n += conv(3, 2 * w, 4 * w) + 8 * w  # stride-2 conv 4w, IN
     n += blocks * 2 * (conv(3, 4 * w, 4 * w) + 8 * w)  # residual blocks: two convs + INs each
     n += conv(3, 4 * w, 2 * w) + 4 * w  # upsample, conv 2w, IN
     n += conv(3, 2 * w, w) + 2 * w  # upsample, conv w, IN
-    n += conv(9, w, 3)  # 9×9 conv to RGB, no norm
+    n += conv(9, w, 3, bias=True)  # 9×9 conv to RGB, no norm
     return n
 
 
@@ -37,7 +38,8 @@ def tiny_params():
 def test_full_architecture_parameter_count_and_shapes():
     cfg = fastnet.FastNetConfig()
     shapes = jax.eval_shape(lambda: fastnet.init(cfg, jax.random.key(0)))
-    assert fastnet.param_count(shapes) == paper_param_count() == 1_679_235  # = PyTorch's fast_neural_style net
+    # PyTorch's fast_neural_style net has 1,679,235: the same plus 1,600 biases before instance norms
+    assert fastnet.param_count(shapes) == paper_param_count() == 1_679_235 - 1_600
     assert shapes["ConvIN_0"]["Conv_0"]["kernel"].shape == (9, 9, 3, 32)
     assert shapes["ConvIN_2"]["Conv_0"]["kernel"].shape == (3, 3, 64, 128)
     assert len([k for k in shapes if k.startswith("Residual_")]) == 5
@@ -47,7 +49,7 @@ def test_full_architecture_parameter_count_and_shapes():
     assert out.shape == (2, 64, 48, 3)
     # the transposed-convolution variant has the same parameter count (3×3 kernels either way)
     t = fastnet.FastNetConfig(upsample="transpose")
-    assert fastnet.param_count(jax.eval_shape(lambda: fastnet.init(t, jax.random.key(0)))) == 1_679_235
+    assert fastnet.param_count(jax.eval_shape(lambda: fastnet.init(t, jax.random.key(0)))) == 1_679_235 - 1_600
 
 
 def test_width_and_blocks_are_config_values():
