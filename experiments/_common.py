@@ -105,18 +105,38 @@ def check_publish(cfg: ReconstructionSchema, names: Sequence[str]) -> Path | Non
     return dest
 
 
+PUBLISH_MAX_WIDTH = 1400  # px: committed figures stay small (results/ < 2 MB in all)
+
+
+def publish_file(src: Path, target: Path) -> Path:
+    """Copy ``src`` to ``target`` atomically; PNG figures are re-encoded with a 256-colour
+    palette (and narrowed to ``PUBLISH_MAX_WIDTH``) so committed results stay small."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp"
+    try:
+        if src.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(src) as im:
+                im = im.convert("RGB")
+                if im.width > PUBLISH_MAX_WIDTH:
+                    h = round(im.height * PUBLISH_MAX_WIDTH / im.width)
+                    im = im.resize((PUBLISH_MAX_WIDTH, h), Image.Resampling.LANCZOS)
+                im.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+                    tmp, format="PNG", optimize=True)
+        else:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 def publish(files: Sequence[Path], dest: Path | None) -> list[Path]:
-    """Copy ``files`` into ``dest`` (each via a temporary name, then rename)."""
+    """Copy ``files`` into ``dest`` (see :func:`publish_file`)."""
     if dest is None:
         return []
-    dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for f in files:
-        tmp = dest / f".{f.name}.tmp"
-        shutil.copyfile(f, tmp)
-        os.replace(tmp, dest / f.name)
-        out.append(dest / f.name)
-    return out
+    return [publish_file(f, dest / f.name) for f in files]
 
 
 def write_table(rows: Sequence[dict], out: Path, name: str) -> tuple[Path, Path]:

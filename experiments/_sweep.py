@@ -11,8 +11,6 @@ loss curves and the table to ``DIR/<name>.png``, ``<name>_curves.png``, ``<name>
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -59,10 +57,9 @@ def run_sweep(name: str, args, overrides: list[str], rows: str | None, cols: str
     if dest is not None:
         dest.mkdir(parents=True, exist_ok=True)
         sources = [s.files.get("grid"), s.files.get("curves"), s.files.get("csv"), s.files.get("md")]
+        from experiments._common import publish_file
+
         for src, target in zip(sources, published):
             if src is not None:
-                tmp = dest / f".{target}.tmp"
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, dest / target)
-                print(f"published {dest / target}")
+                print(f"published {publish_file(src, dest / target)}")
     return s

@@ -70,15 +70,17 @@ def test_content_reconstruction_debug_end_to_end(tmp_path: Path):
 def test_style_reconstruction_debug_end_to_end(tmp_path: Path):
     from experiments import style_reconstruction as exp
 
-    cfg = _compose(exp.NAME, ["debug=tiny", "image=builtin:brick"])
+    assert len(_compose(exp.NAME, ["debug=tiny"]).layers) == 5
+    # three subsets keep the test short (each subset compiles its own step)
+    cfg = _compose(exp.NAME, ["debug=tiny", "image=builtin:brick", "layers=[conv1_1,conv2_1,conv3_1]"])
     res = exp.run(cfg, tmp_path)
     rows = _rows(tmp_path / f"{exp.NAME}.csv")
-    assert [int(r["n_layers"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [int(r["n_layers"]) for r in rows] == [1, 2, 3]
     assert {"subset", "style_loss", "style_loss_all", "corr_length_px", "vgg16_gram_dist"} <= set(rows[0])
     # the deepest layer's statistics are optimised only by the full subset: its E_l is lowest there
-    e5 = [float(r["E_conv5_1"]) for r in rows]
-    assert e5[-1] < min(e5[:-1])
-    assert images.load_image(res["figure"]).shape[1] > 1000
+    e3 = [float(r["E_conv3_1"]) for r in rows]
+    assert e3[-1] < min(e3[:-1])
+    assert images.load_image(res["figure"]).shape[1] > 600
 
 
 def test_reconstruction_bad_input_is_one_line(tmp_path: Path):
