@@ -4,7 +4,8 @@
 
 Optional: torch is never a dependency of nstyle. The network is Johnson et al.'s as in
 nstyle.fastnet (reflection padding, instance norm with affine, nearest-upsample + conv,
-(tanh + 1)/2 output, no conv bias before an instance norm; 1,677,635 parameters, asserted). The loss network is VGG16 to relu4_3
+(tanh + 1)/2 output, no conv bias before an instance norm, no shift in the residual blocks' second norm;
+1,676,995 trainable parameters, asserted). The loss network is VGG16 to relu4_3
 read from nstyle's cache (``~/.cache/nstyle/vgg16.npz``) with numpy, torchvision input
 normalisation, max pooling; the loss is the MSE form of nstyle.train (content 1e5 at
 relu2_2, style 1e10 on F Fᵀ/(N M) at relu1_2/2_2/3_3/4_3, TV 10), Adam 1e-3. Also times
@@ -48,6 +49,9 @@ class Residual(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.a, self.b = ConvIN(c, c, 3), ConvIN(c, c, 3, relu=False)
+        # as nstyle: the second norm has no shift (the next instance norm would remove it)
+        nn.init.zeros_(self.b.norm.bias)
+        self.b.norm.bias.requires_grad_(False)
 
     def forward(self, x):
         return x + self.b(self.a(x))
@@ -113,13 +117,13 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     net = FastNet()
-    n = sum(p.numel() for p in net.parameters())
-    assert n == 1_677_635, n
+    n = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert n == 1_676_995, n
     vgg = load_vgg16()
     style = torch.rand(1, 3, args.size, args.size)
     with torch.no_grad():
         style_g = {k: gram(v) for k, v in features(vgg, style).items() if k in STYLE}
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
     x = torch.rand(args.batch, 3, args.size, args.size)
 
     def step():

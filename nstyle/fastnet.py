@@ -10,7 +10,7 @@ Architecture (Johnson, Alahi, Fei-Fei 2016, supplementary Table 1, with instance
     9×9 conv w      → IN → ReLU                    (B, H,   W,   w)
     3×3 conv 2w /2  → IN → ReLU                    (B, H/2, W/2, 2w)
     3×3 conv 4w /2  → IN → ReLU                    (B, H/4, W/4, 4w)
-    blocks × [3×3 conv 4w → IN → ReLU → 3×3 conv 4w → IN] + identity
+    blocks × [3×3 conv 4w → IN → ReLU → 3×3 conv 4w → IN (scale only)] + identity
     ×2 nearest upsample, 3×3 conv 2w → IN → ReLU   (B, H/2, W/2, 2w)
     ×2 nearest upsample, 3×3 conv w  → IN → ReLU   (B, H,   W,   w)
     9×9 conv 3 → (tanh + 1) / 2                    (B, H,   W,   3)
@@ -79,6 +79,7 @@ class ConvIN(nn.Module):
     stride: int = 1
     norm: bool = True
     relu: bool = True
+    shift: bool = True  # the instance norm's learnt shift
     epsilon: float = 1e-5
 
     @nn.compact
@@ -90,7 +91,7 @@ class ConvIN(nn.Module):
                     use_bias=not self.norm)(x)
         if self.norm:
             # per image and channel over (H, W), with a learnt scale and shift
-            x = nn.InstanceNorm(epsilon=self.epsilon)(x)
+            x = nn.InstanceNorm(epsilon=self.epsilon, use_bias=self.shift)(x)
         return nn.relu(x) if self.relu else x
 
 
@@ -101,7 +102,9 @@ class Residual(nn.Module):
     @nn.compact
     def __call__(self, x):
         y = ConvIN(self.features, 3, epsilon=self.epsilon)(x)
-        y = ConvIN(self.features, 3, relu=False, epsilon=self.epsilon)(y)
+        # no shift here: a per-channel constant added to the residual stream is removed by the
+        # next instance norm (reflection padding keeps it constant), so its gradient is zero
+        y = ConvIN(self.features, 3, relu=False, shift=False, epsilon=self.epsilon)(y)
         return x + y
 
 

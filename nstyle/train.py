@@ -358,6 +358,8 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike) -> dict:
             log.warning("the data folder changed since the checkpoint: batches after step %d differ from the original run", info["step"])
         state = TrainState(**tree)
         start = int(state.step)
+        if start > cfg.steps:
+            raise UserError(f"{last} is at step {start}, past steps={cfg.steps}; give steps>={start}")
         log.info("resuming from %s (step %d)", last.name, start)
         _truncate_csv(csv_path, start)
     elif csv_path.exists():  # starting afresh in a used directory: the old log is not this run's
@@ -435,6 +437,8 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike) -> dict:
         if bar is not None:
             bar.close()
 
+    if not (samples_dir / f"step_{cfg.steps:07d}.png").exists():  # e.g. resumed at the last step
+        save_samples(cfg.steps, state.params)
     params = jax.device_get(state.params)
     model_meta = {"style": str(cfg.style), "steps": cfg.steps, "size": cfg.size, "batch": cfg.batch, "seed": cfg.seed,
                   "loss_network": cfg.loss.network, "checkpoint": str(checkpoint.path_for(ckpt_dir, cfg.steps).name)}

@@ -20,7 +20,7 @@ def paper_param_count(w=32, blocks=5):
     n = conv(9, 3, w) + 2 * w  # 9×9 conv w, IN
     n += conv(3, w, 2 * w) + 4 * w  # stride-2 conv 2w, IN
     n += conv(3, 2 * w, 4 * w) + 8 * w  # stride-2 conv 4w, IN
-    n += blocks * 2 * (conv(3, 4 * w, 4 * w) + 8 * w)  # residual blocks: two convs + INs each
+    n += blocks * (2 * conv(3, 4 * w, 4 * w) + 8 * w + 4 * w)  # residual blocks: two convs, IN, IN without shift
     n += conv(3, 4 * w, 2 * w) + 4 * w  # upsample, conv 2w, IN
     n += conv(3, 2 * w, w) + 2 * w  # upsample, conv w, IN
     n += conv(9, w, 3, bias=True)  # 9×9 conv to RGB, no norm
@@ -38,8 +38,9 @@ def tiny_params():
 def test_full_architecture_parameter_count_and_shapes():
     cfg = fastnet.FastNetConfig()
     shapes = jax.eval_shape(lambda: fastnet.init(cfg, jax.random.key(0)))
-    # PyTorch's fast_neural_style net has 1,679,235: the same plus 1,600 biases before instance norms
-    assert fastnet.param_count(shapes) == paper_param_count() == 1_679_235 - 1_600
+    # PyTorch's fast_neural_style net has 1,679,235: the same plus 1,600 conv biases before instance
+    # norms and 640 shifts of the residual blocks' second norms, all without effect on the output
+    assert fastnet.param_count(shapes) == paper_param_count() == 1_679_235 - 1_600 - 640
     assert shapes["ConvIN_0"]["Conv_0"]["kernel"].shape == (9, 9, 3, 32)
     assert shapes["ConvIN_2"]["Conv_0"]["kernel"].shape == (3, 3, 64, 128)
     assert len([k for k in shapes if k.startswith("Residual_")]) == 5
@@ -49,7 +50,7 @@ def test_full_architecture_parameter_count_and_shapes():
     assert out.shape == (2, 64, 48, 3)
     # the transposed-convolution variant has the same parameter count (3×3 kernels either way)
     t = fastnet.FastNetConfig(upsample="transpose")
-    assert fastnet.param_count(jax.eval_shape(lambda: fastnet.init(t, jax.random.key(0)))) == 1_679_235 - 1_600
+    assert fastnet.param_count(jax.eval_shape(lambda: fastnet.init(t, jax.random.key(0)))) == 1_679_235 - 1_600 - 640
 
 
 def test_width_and_blocks_are_config_values():

@@ -260,12 +260,16 @@ TWO_DEVICES = textwrap.dedent("""
         assert len(x.sharding.device_set) == n
         for _ in range(2):
             state, metrics = step(state, x, jax.random.key(3))
-        out[n] = (jax.device_get(state.params), {k: float(v) for k, v in metrics.items()})
+        y = fastnet.apply(net, state.params, jnp.asarray(batch))  # what the parameters compute
+        out[n] = (jax.device_get(state.params), {k: float(v) for k, v in metrics.items()}, np.asarray(y))
+    np.testing.assert_allclose(out[2][2], out[1][2], atol=1e-4)  # 1/40 of an 8-bit level
     for k in out[1][1]:
         np.testing.assert_allclose(out[2][1][k], out[1][1][k], rtol=1e-4, err_msg=k)
-    # Adam's first steps are about lr·sign(g): a rounding difference in the gradient all-reduce
-    # can move a parameter whose gradient is near zero by a small fraction of lr (1e-3)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5), out[1][0], out[2][0])
+    # Adam's first steps are about lr·sign(g): where a gradient entry is tiny, the all-reduce's
+    # rounding moves the parameter by a fraction of lr (1e-3) rather than of the gradient
+    diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), out[1][0], out[2][0]))
+    print("max param difference", max(diffs))
+    assert max(diffs) < 1e-4, max(diffs)
     print("TWO_DEVICES_OK", out[1][1]["loss"])
 """)
 
@@ -273,4 +277,4 @@ TWO_DEVICES = textwrap.dedent("""
 def test_two_device_step_equals_one_device_step(cache_env):
     env = dict(cache_env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     r = subprocess.run([sys.executable, "-c", TWO_DEVICES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "TWO_DEVICES_OK" in r.stdout, r.stderr[-3000:]
+    assert r.returncode == 0 and "TWO_DEVICES_OK" in r.stdout, r.stdout[-500:] + r.stderr[-3000:]
