@@ -8,7 +8,8 @@ exact settings: VGG19 from nstyle's cache (``~/.cache/nstyle/vgg19.npz``, read w
 Caffe preprocessing, average pooling, content ½Σ(F−P)² at conv4_2, style Σ(G/M − Â)²/(4N²)
 at conv1_1 … conv5_1 with w = 1/5, α = 1, β = 1e3; start from the content image;
 ``torch.optim.LBFGS(lr=1, history_size=10, line_search_fn=None)``, which evaluates the
-loss once per iteration, run for exactly ``--steps`` iterations (tolerances disabled).
+loss once per iteration, run for exactly ``--steps`` iterations (tolerances disabled), on the
+loss divided by its starting value (see ``--no-normalise`` for why).
 
 Timed end to end inside the process (after imports): weights, targets, the iterations.
 Prints one ``RESULT {json}`` line.
@@ -40,6 +41,8 @@ def main(argv=None) -> None:
     ap.add_argument("--images", required=True, help=".npz with content (H, W, 3) and style (h, w, 3) float32 in [0, 1]")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--memory", type=int, default=10, help="L-BFGS history (nstyle's default: 10)")
+    ap.add_argument("--no-normalise", dest="normalise", action="store_false",
+                    help="optimise the raw loss (torch's L-BFGS then diverges to NaN at this scale)")
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -53,8 +56,8 @@ def main(argv=None) -> None:
         weights = {n: (torch.from_numpy(np.ascontiguousarray(z[f"{n}/kernel"].transpose(3, 2, 0, 1))),  # HWIO -> OIHW
                        torch.from_numpy(z[f"{n}/bias"].copy())) for n, _ in CONVS}
     with np.load(args.images) as z:
-        content = torch.from_numpy(z["content"]).permute(2, 0, 1)[None]  # (1, 3, H, W)
-        style = torch.from_numpy(z["style"]).permute(2, 0, 1)[None]
+        content = torch.from_numpy(z["content"]).permute(2, 0, 1)[None].contiguous()  # (1, 3, H, W)
+        style = torch.from_numpy(z["style"]).permute(2, 0, 1)[None].contiguous()
     mean = torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
 
     def features(rgb):  # (1, 3, H, W) RGB [0, 1] -> {layer: (1, C, h, w)}
@@ -85,6 +88,12 @@ def main(argv=None) -> None:
         return ALPHA * c + BETA * s
 
     x = content.clone().requires_grad_(True)
+    # torch's L-BFGS sizes its first step as 1/‖g‖₁ (optax: 1/‖g‖₂); at this loss's scale
+    # (~1e11, ‖g‖₁ ~ 1e12 on [0, 1] pixels) that step is so small that the next curvature
+    # estimate is noise and the second step overflows to NaN. Dividing the objective by its
+    # starting value (a constant: same minimiser, same work per iteration) avoids that.
+    with torch.no_grad():
+        scale = 1.0 / float(loss_terms(x)) if args.normalise else 1.0
     opt = torch.optim.LBFGS([x], lr=1.0, max_iter=args.steps, max_eval=10 * args.steps, history_size=args.memory,
                             tolerance_grad=-1.0, tolerance_change=-1.0, line_search_fn=None)
     evals, history = [0], []
@@ -92,9 +101,10 @@ def main(argv=None) -> None:
     def closure():
         opt.zero_grad()
         v = loss_terms(x)
+        history.append(float(v))
+        v = v * scale
         v.backward()
         evals[0] += 1
-        history.append(float(v))
         return v
 
     t_opt = time.perf_counter()
@@ -107,7 +117,7 @@ def main(argv=None) -> None:
         "framework": "torch", "version": torch.__version__, "threads": torch.get_num_threads(),
         "shape": list(content.shape[2:]), "iterations": int(iters), "evals": evals[0],
         "end_to_end_s": t_end - t0, "optimize_s": t_end - t_opt, "setup_s": t_opt - t0, "import_s": t0 - t_start,
-        "loss_first": history[0], "loss_final": final,
+        "loss_first": history[0], "loss_final": final, "normalised": args.normalise,
     }), flush=True)
 
 

@@ -76,7 +76,7 @@ class StylizeConfig:
     content: Optional[str] = "builtin:chelsea"  # path or builtin:NAME; null for texture synthesis
     style: Any = "builtin:ihc"  # a path/builtin, or a list of them (blended)
     size: int = 256  # longest side of the output, px
-    steps: int = 300  # iterations (of the last stage, with a schedule)
+    steps: int = 200  # iterations (of the last stage, with a schedule)
     seed: int = 0
     overwrite: bool = False  # allow replacing an existing result in the run directory
     # everything else
