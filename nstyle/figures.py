@@ -80,25 +80,32 @@ def _shape_of(images: Sequence[np.ndarray | None]) -> tuple[int, int] | None:
 def image_row(images: Sequence[np.ndarray | None], labels: Sequence[str], *, title: str,
               settings: Mapping[str, object] | None = None, sublabels: Sequence[str] | None = None,
               xlabel: str | None = None, panel_in: float = 2.3) -> Figure:
-    """Images side by side, each with a label above and an optional line of numbers below."""
+    """Images side by side, each with a label above and optional lines of numbers below."""
     n = len(images)
     if len(labels) != n:
         raise ValueError(f"{n} images but {len(labels)} labels")
     shape = _shape_of(images)
     panel_h = panel_in * (shape[0] / shape[1] if shape else 1.0)
-    fig = _new_figure(panel_in * n + 0.4, panel_h + 1.6)
-    bottom = _footer(fig, settings, width_chars=int(16 * panel_in * n))
+    width = panel_in * n + 0.4
+    footer_lines = settings_text(settings, width=int(16 * panel_in * n)).count("\n") + 1 if settings else 0
+    sub_lines = max((s.count("\n") + 1 for s in sublabels), default=0) if sublabels is not None else 0
+    # heights in inches: title + labels above; sublabels, x label and settings below
+    top_in = 0.75
+    below_in = 0.12 + 0.17 * sub_lines + (0.25 if xlabel else 0.0) + footer_lines * SETTINGS_FONTSIZE * 1.45 / 72.0
+    height = panel_h + top_in + below_in
+    fig = _new_figure(width, height)
+    _footer(fig, settings, width_chars=int(16 * panel_in * n))
     axes = fig.subplots(1, n, squeeze=False)[0]
     for i, (ax, img, lab) in enumerate(zip(axes, images, labels)):
         _show(ax, img, shape=shape)
         ax.set_title(lab, fontsize=10)
         if sublabels is not None:
             ax.set_xlabel(sublabels[i], fontsize=8)
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(title, fontsize=12, y=1.0 - 0.1 / height, va="top")
     if xlabel:
-        fig.supxlabel(xlabel, fontsize=9, y=bottom + 0.01)
-        bottom += 0.06
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.84, bottom=bottom + 0.1, wspace=0.04)
+        fig.supxlabel(xlabel, fontsize=9, y=(footer_lines * SETTINGS_FONTSIZE * 1.45 / 72.0 + 0.05) / height, va="bottom")
+    fig.subplots_adjust(left=0.2 / width, right=1 - 0.2 / width, top=1 - top_in / height, bottom=below_in / height,
+                        wspace=0.04)
     return fig
 
 
