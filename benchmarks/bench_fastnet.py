@@ -123,7 +123,7 @@ def main(argv=None):
         res["infer_s"] = bench_infer(args.sizes, args.repeats)
     if "gatys" in args.what:
         res["gatys_s_per_iter"] = bench_gatys(args.sizes, args.gatys_iters)
-    if "infer" in res and "gatys_s_per_iter" in res:
+    if "infer_s" in res and "gatys_s_per_iter" in res:
         print("\n size | FastNet s | Gatys 100 it s | 300 it s | 500 it s | speed-up (100 / 300 / 500)")
         table = {}
         for s in args.sizes:

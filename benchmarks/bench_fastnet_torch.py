@@ -138,7 +138,7 @@ def main():
         loss = loss + 10.0 * (dy.pow(2).sum() + dx.pow(2).sum()) / y.numel()
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     step()  # warm-up
     t = time.perf_counter()
