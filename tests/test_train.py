@@ -116,10 +116,13 @@ def test_prefetch_keeps_order_and_reraises():
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _state():
-    net = fastnet.FastNetConfig(width=2, blocks=1)
-    opt = optax.adam(1e-3)
-    return train.init_state(net, opt, jax.random.key(0))
+def _state(width=2):
+    """A TrainState of random arrays with the real structure (eval_shape: nothing to compile)."""
+    net = fastnet.FastNetConfig(width=width, blocks=1)
+    shapes = jax.eval_shape(lambda k: train.init_state(net, optax.adam(1e-3), k), jax.random.key(0))
+    rng = np.random.default_rng(width)
+    fill = lambda s: (rng.standard_normal(s.shape) if np.issubdtype(s.dtype, np.floating) else rng.integers(0, 9, s.shape))  # noqa: E731
+    return jax.tree_util.tree_map(lambda s: np.asarray(fill(s), s.dtype), shapes)
 
 
 def test_checkpoint_round_trip_keeps_last_k_and_ignores_temporaries(tmp_path):
@@ -142,7 +145,7 @@ def test_checkpoint_round_trip_keeps_last_k_and_ignores_temporaries(tmp_path):
 
 def test_checkpoint_of_another_network_is_refused(tmp_path):
     checkpoint.save(tmp_path, 1, _state()._asdict())
-    other = train.init_state(fastnet.FastNetConfig(width=3, blocks=1), optax.adam(1e-3), jax.random.key(0))
+    other = _state(width=3)
     with pytest.raises(checkpoint.CheckpointError, match="expects"):
         checkpoint.restore(checkpoint.latest(tmp_path), like=other._asdict())
 
