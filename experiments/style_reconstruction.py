@@ -14,7 +14,8 @@ which show that the deep statistics are matched only once their layer is in the 
 the *correlation length* (px) of the result's luminance — the radius where its
 autocorrelation falls to 0.5, a measure of the size of the structures — next to the style
 image's; and a Gram distance under VGG16 (torchvision weights, a network that was not
-optimised against). Outputs as in :mod:`experiments.content_reconstruction`.
+optimised against), per layer (``vgg16_E_relu4_3`` is sensitive to the largest structures)
+and averaged. Outputs as in :mod:`experiments.content_reconstruction`.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
             init=cfg.init, key=key, optim=cfg.optim.build()))
         images.save_image(out / f"recon_{k}_{subset[-1]}.png", r.image)
         total, aux = evaluate(jax.numpy.asarray(r.image[None]), params, full_targets, full_w)
+        d16 = vgg16.style_distances(r.image, style)  # Gram distances under an independent network
         row = {
             "subset": label,
             "deepest": subset[-1],
@@ -99,7 +101,8 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
             **{f"E_{l}": float(np.asarray(aux[f"style/{l}"])[0]) for l in cfg.layers},
             "corr_length_px": _metrics.correlation_length(r.image),
             "corr_length_style_px": style_corr,
-            "vgg16_gram_dist": vgg16.style_distance(r.image, style),
+            **{f"vgg16_E_{l}": v for l, v in d16.items()},
+            "vgg16_gram_dist": sum(d16.values()) / len(d16),
             "iterations": r.iterations,
             "evals": r.evals,
             "wall_time_s": r.wall_s,

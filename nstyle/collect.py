@@ -403,7 +403,8 @@ class Evaluator:
 
         return float(np.asarray(lpips_distance(a[None], b[None], net=self.lpips_net))[0])
 
-    def style_distance(self, image: np.ndarray, style: np.ndarray) -> float:
+    def style_distances(self, image: np.ndarray, style: np.ndarray) -> dict[str, float]:
+        """E_l under VGG16 for each of :attr:`STYLE_LAYERS` (shallow: fine texture; deep: large structures)."""
         import jax.numpy as jnp
 
         from nstyle import losses, vgg, weights
@@ -412,8 +413,12 @@ class Evaluator:
             self._vgg16 = weights.load("vgg16")
         fx = vgg.features(self._vgg16, jnp.asarray(image[None]), self.STYLE_LAYERS)
         fs = vgg.features(self._vgg16, jnp.asarray(style[None]), self.STYLE_LAYERS)
-        terms = [losses.style_layer_loss(fx[l], losses.mean_gram(fs[l])) for l in self.STYLE_LAYERS]
-        return float(np.asarray(sum(terms))[0]) / len(terms)
+        return {l: float(np.asarray(losses.style_layer_loss(fx[l], losses.mean_gram(fs[l])))[0]) for l in self.STYLE_LAYERS}
+
+    def style_distance(self, image: np.ndarray, style: np.ndarray) -> float:
+        """The mean of :meth:`style_distances` over the layers."""
+        d = self.style_distances(image, style)
+        return sum(d.values()) / len(d)
 
     def evaluate(self, job: Job) -> dict[str, float | None]:
         """``lpips_content`` and ``style_distance`` of the job's result (None where not possible)."""
