@@ -1,7 +1,8 @@
 """Batched sweeps: run the members of a grid that differ only in loss weights as ONE optimisation.
 
-    python -m nstyle.batched experiment=alpha_beta_grid [size=256 steps=300] [hydra.sweep.dir=DIR]
-    python -m nstyle.collect DIR
+    nstyle-sweep experiment=alpha_beta_grid [size=256 steps=300] [hydra.sweep.dir=DIR]
+    nstyle-collect DIR
+    (or python -m nstyle.batched ... / python -m nstyle.collect ...)
 
 Takes the same overrides as ``nstyle-stylize -m`` (the sweep comes from the experiment's
 ``hydra.sweeper.params`` and from comma-separated command-line values), expands the grid
@@ -33,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-PROG = "nstyle-batched"
+PROG = "nstyle-sweep"
 WEIGHT_KEYS = ("loss.alpha", "loss.beta", "loss.tv_weight")
 
 

@@ -1,7 +1,7 @@
 """Collect a Hydra sweep directory into a table, an image grid and loss curves.
 
-    nstyle-stylize -m +experiment=alpha_beta_grid            # writes multirun/alpha_beta_grid/...
-    python -m nstyle.collect multirun/alpha_beta_grid         # -> multirun/alpha_beta_grid/summary/
+    nstyle-stylize -m experiment=alpha_beta_grid                     # writes multirun/alpha_beta_grid/<time>/...
+    nstyle-collect multirun/alpha_beta_grid/<time>                   # -> .../summary/ (= python -m nstyle.collect)
 
 A *sweep directory* holds one subdirectory per job (named by its overrides, Hydra's
 ``${hydra.job.override_dirname}``), each with ``.hydra/overrides.yaml``, and, once the job
