@@ -71,6 +71,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=1, help="pairs of runs per size, alternating which goes first")
     ap.add_argument("--torch-python", default="/tmp/torchvenv/bin/python")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch threads (default: all cores, as torch does; on a loaded machine its OpenMP "
+                         "barriers make 1 thread faster than 2, so try both)")
     ap.add_argument("--json", help="also write all per-run results to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -88,12 +91,13 @@ def main(argv=None) -> None:
             npz = str(Path(tmp) / f"images_{size}.npz")
             np.savez(npz, content=images.load_image(CONTENT, size), style=images.load_image(STYLE, size))
             ours = [sys.executable, __file__, "--child", npz, "--steps", str(args.steps)]
-            theirs = [args.torch_python, str(TORCH_SCRIPT), "--images", npz, "--steps", str(args.steps)]
+            theirs = [args.torch_python, str(TORCH_SCRIPT), "--images", npz, "--steps", str(args.steps),
+                      "--threads", str(args.torch_threads)]
             for r in range(args.rounds):
                 for name, cmd in ([("nstyle", ours), ("torch", theirs)] if r % 2 == 0 else [("torch", theirs), ("nstyle", ours)]):
                     res = {**_run(cmd), "size": size, "round": r}
                     runs.append(res)
-                    print(f"  {name:6s} {size}px round {r}: end to end {res['end_to_end_s']:7.1f} s "
+                    print(f"  {name:6s} {size}px round {r} threads {res.get('threads', '-')}: end to end {res['end_to_end_s']:7.1f} s "
                           f"(iterations {res['optimize_s']:6.1f} s, compile {res.get('compile_s', 0):5.1f} s), "
                           f"{res['iterations']} it, {res['evals']} evals, loss {res['loss_first']:.4g} -> {res['loss_final']:.4g}",
                           flush=True)

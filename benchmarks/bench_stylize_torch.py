@@ -41,6 +41,7 @@ def main(argv=None) -> None:
     ap.add_argument("--images", required=True, help=".npz with content (H, W, 3) and style (h, w, 3) float32 in [0, 1]")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--memory", type=int, default=10, help="L-BFGS history (nstyle's default: 10)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores this process may use)")
     ap.add_argument("--no-normalise", dest="normalise", action="store_false",
                     help="optimise the raw loss (torch's L-BFGS then diverges to NaN at this scale)")
     args = ap.parse_args(argv)
@@ -49,7 +50,7 @@ def main(argv=None) -> None:
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     t0 = time.perf_counter()
     cache = Path(os.environ.get("NSTYLE_CACHE_DIR") or Path.home() / ".cache" / "nstyle") / "vgg19.npz"
     with np.load(cache, allow_pickle=False) as z:

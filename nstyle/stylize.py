@@ -143,15 +143,18 @@ class Progress:
     def __call__(self, i: int, state, m: dict) -> None:
         self.done += 1
         if not self.quiet:
-            if self.bar is None:  # made at the first iteration, so it/s does not count loading and compiling
+            if self.bar is None and self.done == 1:  # made at the first iteration: it/s counts no loading/compiling
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=self.total, desc=PROG, unit="it", dynamic_ncols=True, file=sys.stderr)
+        if self.bar is not None:
             self.bar.update(1)
             post = {"loss": m["loss"][0], "content": m["content"][0], "style": m["style"][0]}
             if self.show_tv:
                 post["tv"] = m["tv"][0]
             self.bar.set_postfix({k: f"{float(v):.3g}" for k, v in post.items()}, refresh=False)
+            if self.done == self.total:
+                self.close()  # now, so the final evaluation does not count towards it/s
         if self.every and self.done % self.every == 0:
             from nstyle import images
 
@@ -161,6 +164,7 @@ class Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def run(s: config_mod.Settings, out_dir: Path, *, overwrite: bool = False, quiet: bool = True,

@@ -230,3 +230,18 @@ def test_existing_result_is_never_overwritten_silently(capsys, tmp_path):
     err = error_line(capsys, out, "debug=tiny")
     assert "already holds a result" in err and "overwrite=true" in err
     assert (out / "result.png").read_bytes() == b"precious"
+
+
+def test_nonfinite_loss_stops_keeps_last_good_image_and_says_so(capsys, tmp_path):
+    out = tmp_path / "nan"
+    # an absurd Adam step overflows the loss at the 2nd evaluation (one layer: cheap to compile)
+    loss = run_inprocess(out, "debug=tiny", "optim=adam", "optim.lr=1e30", "optim.project=false",
+                         "loss.content_layers=[conv1_1]", "loss.style_layers=[conv1_1]")
+    err = capsys.readouterr().err
+    assert "NaN/inf" in err and "last image with a finite loss" in err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["stopped_reason"] == "nonfinite" and m["iterations"] == 2
+    assert np.isfinite(loss) and m["final_loss"] == loss
+    # the content image it started from, not the overflowed one
+    start = images.to_uint8(images.load_image("builtin:chelsea", 48))
+    np.testing.assert_array_equal(read_png(out / "result.png"), start)
