@@ -437,6 +437,10 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike) -> dict:
         if bar is not None:
             bar.close()
 
+    if not last_row and csv_path.exists():  # nothing trained in this process: report the log's last row
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        last_row = {k: float(v) for k, v in rows[-1].items()} if rows else {}
     if not (samples_dir / f"step_{cfg.steps:07d}.png").exists():  # e.g. resumed at the last step
         save_samples(cfg.steps, state.params)
     params = jax.device_get(state.params)
