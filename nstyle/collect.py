@@ -492,6 +492,11 @@ def build_rows(jobs: Sequence[Job], keys: Sequence[str], evaluator: Evaluator | 
         for k in keys:
             row[k] = j.overrides.get(k, "")
         row.update(metrics_row(j.metrics))
+        hist = loss_history(j.metrics)
+        # final / initial total loss: > 1 means the optimisation made the image worse (diverged)
+        row["loss_ratio"] = (row["total_loss"] / hist[0]) if hist and hist[0] and row["total_loss"] is not None else None
+        if row["loss_ratio"] is not None and row["loss_ratio"] > 1 and j.status == "completed":
+            j.error = j.error or f"final loss {row['loss_ratio']:.3g}× the initial one: the optimisation diverged"
         if evaluator is not None and j.status == "completed":
             row.update(evaluator.evaluate(j))
         else:
@@ -607,7 +612,7 @@ class Summary:
                 + ", ".join(f"{c[s]} {s}" for s in STATES if c[s] or s == "completed"))
         lines = [head]
         for j in self.jobs:
-            if j.status != "completed":
+            if j.status != "completed" or j.error:
                 lines.append(f"  {j.status:9s} {j.name}" + (f": {j.error}" if j.error else ""))
         if self.files:
             lines.append("wrote " + ", ".join(str(p) for p in self.files.values()))
