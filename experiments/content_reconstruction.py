@@ -51,6 +51,16 @@ def reconstruct(params, target: np.ndarray, layer: str, cfg: ContentReconstructi
     return optimize.stylize(params, loss, content=target, styles=[], init=cfg.init, key=key, optim=cfg.optim.build())
 
 
+def content_loss_of(params, image: np.ndarray, target: np.ndarray, layer: str, pooling: str) -> float:
+    """½ Σ (F − P)² at ``layer`` of ``image`` against ``target`` (both (H, W, 3))."""
+    import jax.numpy as jnp
+
+    from nstyle import losses, vgg
+
+    f = vgg.features(params, jnp.asarray(np.stack([image, target])), (layer,), pooling)[layer]  # (2, h, w, N)
+    return float(np.asarray(losses.content_loss(f[:1], f[1:]))[0])
+
+
 def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
     """The whole experiment; returns the table rows (also written to ``out``)."""
     import jax
@@ -75,10 +85,12 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
                            lambda: reconstruct(params, original, layer, cfg, key))  # the same noise for every layer
         images.save_image(out / f"recon_{layer}.png", r.image)
         hist = np.asarray(r.history.get("content", r.history.get("loss", [])), np.float64)
+        clipped = content_loss_of(params, r.image, original, layer, cfg.pooling)  # the saved image, in [0, 1]
         row = {
             "layer": layer,
-            "content_loss": r.final["content"],
-            "content_loss_rel": r.final["content"] / hist[0] if len(hist) and hist[0] > 0 else None,
+            "content_loss": clipped,
+            "content_loss_rel": clipped / hist[0] if len(hist) and hist[0] > 0 else None,
+            "content_loss_unclipped": r.final["content"],  # the optimiser's last iterate (pixels unconstrained)
             "pixel_mse": _metrics.pixel_mse(r.image, original),
             "psnr_db": _metrics.psnr(r.image, original),
             "lpips": lpips(r.image, original),

@@ -96,7 +96,10 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
             "subset": label,
             "deepest": subset[-1],
             "n_layers": k,
-            "style_loss": r.final["style"],  # what was optimised: mean E_l over the subset
+            # what was optimised, mean E_l over the subset, of the saved image (clipped to [0, 1]) ...
+            "style_loss": float(np.mean([np.asarray(aux[f"style/{l}"])[0] for l in subset])),
+            # ... and of the optimiser's last iterate, whose pixels may lie outside [0, 1]
+            "style_loss_unclipped": r.final["style"],
             "style_loss_all": float(np.asarray(aux["style"])[0]),  # mean E_l over all layers
             **{f"E_{l}": float(np.asarray(aux[f"style/{l}"])[0]) for l in cfg.layers},
             "corr_length_px": _metrics.correlation_length(r.image),
