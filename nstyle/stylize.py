@@ -291,7 +291,13 @@ def task(cfg) -> float:
         max_mem = int(cfg.max_memory_gb * 2**30) if cfg.max_memory_gb is not None else None
         metrics = run(s, out_dir, overwrite=cfg.overwrite, quiet=quiet, max_memory_bytes=max_mem)
     except (UserError, images.ImageError, weights.WeightsError, ValueError, FileExistsError) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if multirun:
+            # an exception (not sys.exit) lets Hydra mark this job failed and run the others;
+            # the collector then reports it as failed with this message
+            print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
+            raise UserError(msg) from None
+        _fail(msg)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         sys.exit(130)
