@@ -69,11 +69,9 @@ def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any] | None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from nstyle.weights import sha256_file  # one implementation of the chunked file hash
+
+    return sha256_file(path)
 
 
 def array_sha256(a: np.ndarray) -> str:
