@@ -112,12 +112,20 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformationExtraArgs:
     return optax.lbfgs(learning_rate=optim.learning_rate, memory_size=optim.memory, linesearch=linesearch)
 
 
+# A loss this many times the best one seen so far means the step blew up (L-BFGS without a
+# line search can overshoot by orders of magnitude): go back to the best image, drop the
+# optimiser's memory and halve the step scale. Ordinary non-monotone steps stay far below it.
+RESTART_FACTOR = 10.0
+
+
 class StepState(NamedTuple):
     """Everything that changes from one iteration to the next; a pytree of arrays."""
 
     image: jax.Array  # (B, H, W, 3) current iterates, RGB, nominally [0, 1] (not clipped)
     opt_state: Any  # the optax state of each image, leaves with a leading (B,) axis
-    good: jax.Array  # (B, H, W, 3) the last iterate whose loss was finite
+    good: jax.Array  # (B, H, W, 3) the evaluated iterate with the lowest finite loss so far
+    best: jax.Array  # (B,) its loss (+inf before the first evaluation)
+    scale: jax.Array  # (B,) step scale: 1, halved at each restart after a blow-up
     alive: jax.Array  # (B,) bool: False once an image's loss became NaN/inf (then it is frozen)
     step: jax.Array  # () int32 iterations done
 
@@ -180,7 +188,7 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
         total, aux = losses.perceptual_loss(params, x[None], t, loss, weights=w)
         return total[0], {k: v[0] for k, v in aux.items()}
 
-    def one_image(x, opt_state, targets, weights, params):
+    def one_image(x, opt_state, scale, targets, weights, params):
         """One optimiser iteration for one image -> (new x, new opt_state, loss, aux, evals)."""
         if optim.uses_zoom:
             fn = lambda y: image_loss(y, params, targets, weights)[0]  # noqa: E731
@@ -195,7 +203,7 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
             (value, aux), grad = jax.value_and_grad(image_loss, has_aux=True)(x, params, targets, weights)
             updates, opt_state = opt.update(grad, opt_state, x)
             evals = jnp.asarray(1, jnp.int32)
-        x = optax.apply_updates(x, updates)
+        x = optax.apply_updates(x, jax.tree.map(lambda u: scale * u, updates))
         if optim.project:
             x = jnp.clip(x, 0.0, 1.0)
         return x, opt_state, value, aux, evals
@@ -204,24 +212,34 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
     def init(images: jax.Array) -> StepState:
         b = images.shape[0]
         return StepState(image=images, opt_state=jax.vmap(opt.init)(images), good=images,
+                         best=jnp.full((b,), jnp.inf, jnp.float32), scale=jnp.ones((b,), jnp.float32),
                          alive=jnp.ones((b,), bool), step=jnp.asarray(0, jnp.int32))
 
     @jax.jit
     def step(state: StepState, params: vgg.VGGParams, targets: losses.Targets,
              weights: Mapping[str, jax.Array]) -> tuple[StepState, dict]:
-        new_x, new_opt, value, aux, evals = jax.vmap(one_image, in_axes=(0, 0, 0, 0, None))(
-            state.image, state.opt_state, targets, weights, params)
+        new_x, new_opt, value, aux, evals = jax.vmap(one_image, in_axes=(0, 0, 0, 0, 0, None))(
+            state.image, state.opt_state, state.scale, targets, weights, params)
         ok = state.alive & jnp.isfinite(value) & jnp.all(jnp.isfinite(state.image), axis=(1, 2, 3))  # (B,)
-        keep = lambda new, old: jnp.where(ok.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)  # noqa: E731
-        image = keep(new_x, state.good)  # a frozen image stays at its last finite iterate
+        blowup = ok & (value > RESTART_FACTOR * state.best)  # (B,) restart from the best image
+        accept = ok & ~blowup
+        improved = ok & (value < state.best)
+
+        def pick(mask, a, b):
+            return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+        good = pick(improved, state.image, state.good)
+        fresh = jax.vmap(opt.init)(good)  # no memory: the restart's first step is a scaled gradient step
         new_state = StepState(
-            image=image,
-            opt_state=jax.tree.map(keep, new_opt, state.opt_state),
-            good=keep(state.image, state.good),  # the image just evaluated, if its loss was finite
+            image=pick(accept, new_x, good),  # restarted or frozen images go back to the best one
+            opt_state=jax.tree.map(lambda n, f, o: pick(accept, n, pick(blowup, f, o)), new_opt, fresh, state.opt_state),
+            good=good,
+            best=jnp.where(improved, value, state.best),
+            scale=jnp.where(blowup, 0.5 * state.scale, state.scale),
             alive=ok,
             step=state.step + 1,
         )
-        metrics = {"loss": value, **aux, "evals": jnp.where(state.alive, evals, 0), "alive": ok}
+        metrics = {"loss": value, **aux, "evals": jnp.where(state.alive, evals, 0), "alive": ok, "restart": blowup}
         return new_state, metrics
 
     return init, step
@@ -340,6 +358,7 @@ class BatchResult:
     diverged: np.ndarray  # (B,) bool: the image's loss became NaN/inf and it was frozen
     compile_s: float  # compiling the step (once)
     wall_s: float  # iterations only, compile excluded
+    restarts: np.ndarray = None  # (B,) restarts after a blow-up (see RESTART_FACTOR)
 
     @property
     def evals_per_iter(self) -> np.ndarray:
@@ -359,6 +378,7 @@ class Result:
     diverged: bool
     compile_s: float
     wall_s: float
+    restarts: int = 0  # restarts after a blow-up (see RESTART_FACTOR)
 
     @property
     def evals_per_iter(self) -> float:
@@ -417,6 +437,7 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
 
     hist: dict[str, list] = {}
     evals = np.zeros((batch,), np.int64)
+    restarts = np.zeros((batch,), np.int64)
     reason, it = "steps", 0
     t0 = time.perf_counter()
     try:
@@ -424,8 +445,9 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
             state, m = step_fn(state, params, targets, w)
             m = jax.device_get(m)
             evals += m["evals"]
+            restarts += m["restart"]
             for k, v in m.items():
-                if k not in ("evals", "alive"):
+                if k not in ("evals", "alive", "restart"):
                     hist.setdefault(k, []).append(np.asarray(v, np.float64))
             if not m["alive"].any():
                 reason = "nonfinite"
@@ -446,6 +468,10 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
     if bool(bad.any()):
         last = jnp.where(bad[:, None, None, None], state.good, last)
         total, aux = evaluate(last, params, targets, w)
+    worse = jnp.isfinite(state.best) & (total > state.best)  # e.g. the last step overshot
+    if bool(worse.any()):
+        last = jnp.where(worse[:, None, None, None], state.good, last)
+        total, aux = evaluate(last, params, targets, w)
     diverged = ~np.asarray(state.alive) | np.asarray(bad)
     if reason == "steps" and diverged.all() and optim.steps > 0:
         reason = "nonfinite"
@@ -453,7 +479,8 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
     images = np.clip(np.asarray(last, np.float32), 0.0, 1.0)
     history = {k: np.stack(v) if v else np.zeros((0, batch)) for k, v in hist.items()}
     return BatchResult(images=images, history=history, final=final, evals=evals, iterations=it if optim.steps else 0,
-                       stopped_reason=reason, diverged=diverged, compile_s=compile_s, wall_s=wall_s)
+                       stopped_reason=reason, diverged=diverged, compile_s=compile_s, wall_s=wall_s,
+                       restarts=restarts)
 
 
 def stylize(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content: np.ndarray | None,
@@ -475,5 +502,5 @@ def stylize(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content: np.n
         history={k: v[:, 0].tolist() for k, v in r.history.items()},
         final={k: float(v[0]) for k, v in r.final.items()},
         evals=int(r.evals[0]), iterations=r.iterations, stopped_reason=r.stopped_reason,
-        diverged=bool(r.diverged[0]), compile_s=r.compile_s, wall_s=r.wall_s,
+        diverged=bool(r.diverged[0]), compile_s=r.compile_s, wall_s=r.wall_s, restarts=int(r.restarts[0]),
     )

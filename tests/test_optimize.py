@@ -184,3 +184,18 @@ def test_bad_arguments_are_refused_with_a_clear_message(vgg19, tiny):
         OptimConfig(name="sgd")
     with pytest.raises(ValueError, match="line search"):
         OptimConfig(linesearch="backtracking")
+
+
+def test_lbfgs_blow_up_restarts_from_the_best_image_and_recovers(vgg19, tiny):
+    """A step that multiplies the loss (here: an absurd first step) is undone: the run goes back
+    to the best image, drops the L-BFGS memory, halves its step scale, and still converges."""
+    blow = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]],
+                            optim=OptimConfig(lr=300.0, steps=25))
+    assert blow.restarts > 0
+    assert not blow.diverged and blow.stopped_reason == "steps"
+    start = blow.history["loss"][0]
+    assert blow.final["loss"] < 0.8 * start  # recovered and made progress (0.56× here)
+    assert max(blow.history["loss"]) > optimize.RESTART_FACTOR * start  # the blow-up did happen
+    calm = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]],
+                            optim=OptimConfig(steps=5))
+    assert calm.restarts == 0  # ordinary runs never restart
