@@ -105,6 +105,25 @@ def check_publish(cfg: ReconstructionSchema, names: Sequence[str]) -> Path | Non
     return dest
 
 
+def setup(cfg: ReconstructionSchema, name: str, out: Path, saved_as: str):
+    """The checks and inputs every reconstruction starts with, before any optimisation:
+    validate ``cfg``, refuse a ``publish`` that would overwrite, load the image at ``cfg.size``
+    (checked against the deepest layer) and the weights, and save the image as ``saved_as``.
+
+    Returns ``(publish dest or None, image (H, W, 3), params)``.
+    """
+    from nstyle import images, vgg, weights
+
+    check_common(cfg)
+    dest = check_publish(cfg, [f"{name}.csv", f"{name}.md", f"{name}.png"])
+    image = images.load_image(cfg.image, cfg.size)  # (H, W, 3)
+    images.check_size(image.shape, vgg.min_size(cfg.layers, cfg.network), cfg.image)
+    params = weights.load(cfg.network)
+    out.mkdir(parents=True, exist_ok=True)
+    images.save_image(out / saved_as, image)
+    return dest, image, params
+
+
 PUBLISH_MAX_WIDTH = 1400  # px: committed figures stay small (results/ < 2 MB in all)
 
 

@@ -65,16 +65,8 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
     """The whole experiment; returns the table rows (also written to ``out``)."""
     import jax
 
-    from nstyle import vgg, weights
-
-    _common.check_common(cfg)
-    dest = _common.check_publish(cfg, [f"{NAME}.csv", f"{NAME}.md", f"{NAME}.png"])
-    original = images.load_image(cfg.image, cfg.size)  # (H, W, 3)
-    images.check_size(original.shape, vgg.min_size(cfg.layers, cfg.network), cfg.image)
-    params = weights.load(cfg.network)
+    dest, original, params = _common.setup(cfg, NAME, out, "original.png")  # original: (H, W, 3)
     lpips = _common.Lpips(cfg.lpips_net)
-    out.mkdir(parents=True, exist_ok=True)
-    images.save_image(out / "original.png", original)
 
     key = jax.random.key(cfg.seed)
     rows, recons, curves, histories = [], [], {}, {}

@@ -61,15 +61,9 @@ def style_loss_spec(layers, pooling: str):
 def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
     import jax
 
-    from nstyle import collect, optimize, vgg, weights
+    from nstyle import collect, optimize
 
-    _common.check_common(cfg)
-    dest = _common.check_publish(cfg, [f"{NAME}.csv", f"{NAME}.md", f"{NAME}.png"])
-    style = images.load_image(cfg.image, cfg.size)  # (H, W, 3)
-    images.check_size(style.shape, vgg.min_size(cfg.layers, cfg.network), cfg.image)
-    params = weights.load(cfg.network)
-    out.mkdir(parents=True, exist_ok=True)
-    images.save_image(out / "style.png", style)
+    dest, style, params = _common.setup(cfg, NAME, out, "style.png")  # style: (H, W, 3)
 
     # every result is also scored on the full set of layers, with the same fixed evaluator
     full = style_loss_spec(cfg.layers, cfg.pooling)
