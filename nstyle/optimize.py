@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nstyle import losses, vgg
+from nstyle import _xla, losses, vgg
 
 OPTIMIZERS = ("lbfgs", "adam")
 LINESEARCHES = ("none", "zoom")
@@ -208,14 +208,14 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
             x = jnp.clip(x, 0.0, 1.0)
         return x, opt_state, value, aux, evals
 
-    @jax.jit
+    @_xla.jit
     def init(images: jax.Array) -> StepState:
         b = images.shape[0]
         return StepState(image=images, opt_state=jax.vmap(opt.init)(images), good=images,
                          best=jnp.full((b,), jnp.inf, jnp.float32), scale=jnp.ones((b,), jnp.float32),
                          alive=jnp.ones((b,), bool), step=jnp.asarray(0, jnp.int32))
 
-    @jax.jit
+    @_xla.jit
     def step(state: StepState, params: vgg.VGGParams, targets: losses.Targets,
              weights: Mapping[str, jax.Array]) -> tuple[StepState, dict]:
         new_x, new_opt, value, aux, evals = jax.vmap(one_image, in_axes=(0, 0, 0, 0, 0, None))(
@@ -249,7 +249,7 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
 def make_evaluate(loss: losses.PerceptualLoss):
     """Jitted ``evaluate(images (B, H, W, 3), params, targets, weights) -> (total (B,), aux)``."""
 
-    @jax.jit
+    @_xla.jit
     def evaluate(images, params, targets, weights):
         return losses.perceptual_loss(params, images, targets, loss, weights=weights)
 
@@ -299,12 +299,12 @@ def prepare_targets(params: vgg.VGGParams, loss: losses.PerceptualLoss, content:
     return _broadcast_targets(losses.Targets(content=c, style=s), batch)
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@_xla.jit(static_argnums=2)
 def _content_targets(params, content, loss):
     return losses.content_targets(params, content, loss)
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@_xla.jit(static_argnums=2)
 def _style_grams(params, image, loss):
     """{layer: Â (1, N, N)} of one style image (1, h, w, 3); as losses.style_targets with one image."""
     return losses.style_targets(params, [image], loss)

@@ -1,0 +1,82 @@
+"""How nstyle compiles its hot loops: XLA options chosen for speed, with a switch to turn them off.
+
+On the CPU, XLA (jaxlib 0.10) runs convolutions as YNNPACK fusions by default. For VGG's
+3×3 convolutions at the sizes style transfer uses, its older Eigen convolutions are faster on
+the 2-core machine this project is measured on: ``benchmarks/bench_loss.py`` times the Gatys
+loss value-and-gradient through VGG19 at 256² about 10–15% faster with Eigen (see
+benchmarks/README.md). The choice is a per-compilation option, so it touches only the
+functions nstyle compiles with :func:`jit`, never the user's own jitted code.
+
+``NSTYLE_CPU_CONV`` selects it: ``eigen`` (the default) or ``xla`` (XLA's own default, i.e.
+YNNPACK). On other backends the option is inert; a jaxlib that does not know it gets no
+options at all (checked once, on the first compilation).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+
+CONV_ENV = "NSTYLE_CPU_CONV"
+CONV_CHOICES = ("eigen", "xla")
+_EIGEN = {"xla_cpu_experimental_ynn_fusion_type": ""}  # no YNN fusions: Eigen convolutions
+
+
+def conv_choice() -> str:
+    """The CPU convolution implementation asked for by ``NSTYLE_CPU_CONV`` (default ``eigen``)."""
+    value = os.environ.get(CONV_ENV, "eigen").strip().lower() or "eigen"
+    if value not in CONV_CHOICES:
+        raise ValueError(f"{CONV_ENV}={value!r} is not one of {', '.join(CONV_CHOICES)}; "
+                         f"unset it or set {CONV_ENV}=eigen")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _supported(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib accepts ``options`` (compiles a scalar function once to find out)."""
+    try:
+        jax.jit(lambda x: x + 1).lower(0.0).compile(compiler_options=dict(options))
+    except Exception:  # noqa: BLE001 - an unknown option is reported as a generic XLA error
+        return False
+    return True
+
+
+def compiler_options() -> dict[str, str]:
+    """The XLA options nstyle compiles its hot loops with (empty when there is nothing to set)."""
+    if conv_choice() == "xla" or jax.default_backend() != "cpu":
+        return {}
+    key = tuple(sorted(_EIGEN.items()))
+    return dict(_EIGEN) if _supported(key) else {}
+
+
+def jit(fun=None, **kwargs):
+    """``jax.jit`` with :func:`compiler_options`; usable as ``@jit`` or ``@jit(static_argnums=...)``.
+
+    The options are looked up at the first use, not at decoration, so importing nstyle never
+    initialises a JAX backend. The result behaves as the ``jax.jit`` object it wraps
+    (``lower``, ``_cache_size``, ... are forwarded).
+    """
+    if fun is None:
+        return functools.partial(jit, **kwargs)
+    return _LazyJit(fun, kwargs)
+
+
+class _LazyJit:
+    def __init__(self, fun, kwargs):
+        self._fun, self._kwargs, self._jitted = fun, kwargs, None
+        functools.update_wrapper(self, fun)
+
+    def _get(self):
+        if self._jitted is None:
+            self._jitted = jax.jit(self._fun, compiler_options=compiler_options() or None, **self._kwargs)
+        return self._jitted
+
+    def __call__(self, *args, **kwargs):
+        return self._get()(*args, **kwargs)
+
+    def __getattr__(self, name):  # lower, trace, eval_shape, _cache_size, ...
+        if name.startswith("__") or name in ("_fun", "_kwargs", "_jitted"):
+            raise AttributeError(name)
+        return getattr(self._get(), name)

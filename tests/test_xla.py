@@ -1,0 +1,46 @@
+"""nstyle's compile options: Eigen convolutions on the CPU by default, XLA's own on request."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from nstyle import _xla
+
+
+def _conv_sum(x, w):
+    return jnp.sum(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+
+def _hlo(fn):
+    x, w = jnp.ones((1, 32, 32, 16)), jnp.ones((3, 3, 16, 16))
+    return fn.lower(x, w).compile().as_text()
+
+
+def test_default_cpu_compiles_without_ynn_fusions(monkeypatch):
+    monkeypatch.delenv(_xla.CONV_ENV, raising=False)
+    assert jax.default_backend() == "cpu"
+    assert _xla.compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert "__ynn_fusion" in _hlo(jax.jit(_conv_sum))  # XLA's default on this jaxlib: a YNNPACK fusion
+    assert "__ynn_fusion" not in _hlo(_xla.jit(_conv_sum))  # nstyle's: Eigen
+    # same value either way
+    x, w = jnp.linspace(0, 1, 16 * 16 * 8).reshape(1, 16, 16, 8), jnp.ones((3, 3, 8, 8)) * 0.1
+    assert float(_xla.jit(_conv_sum)(x, w)) == pytest.approx(float(jax.jit(_conv_sum)(x, w)), rel=1e-6)
+
+
+def test_env_switches_back_to_xla_default(monkeypatch):
+    monkeypatch.setenv(_xla.CONV_ENV, "xla")
+    assert _xla.compiler_options() == {}
+    assert "__ynn_fusion" in _hlo(_xla.jit(_conv_sum))
+
+
+def test_bad_env_value_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv(_xla.CONV_ENV, "fast")
+    with pytest.raises(ValueError, match=r"NSTYLE_CPU_CONV='fast' is not one of eigen, xla"):
+        _xla.compiler_options()
+
+
+def test_lazy_jit_forwards_the_jit_api():
+    f = _xla.jit(static_argnums=1)(lambda x, n: x * n)
+    assert float(f(jnp.float32(2.0), 3)) == 6.0
+    f(jnp.float32(1.0), 3)
+    assert f._cache_size() == 1 and f.__name__ == "<lambda>"
