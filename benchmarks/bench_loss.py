@@ -14,7 +14,11 @@ fraction of the machine's peak.
 ``--compare`` runs ``bench_loss_torch.py`` (the same evaluation in PyTorch, with a Python that
 has torch: ``--torch-python``) alternately with this one, A B B A …, each in a fresh process
 restricted to the same cores, and prints the ratio jax/torch per size. ``--variant
-NAME=XLA_FLAGS`` (repeatable) adds JAX configurations to the alternation.
+NAME=SPEC`` (repeatable; SPEC = XLA flags and/or KEY=VALUE environment settings) adds JAX
+configurations to the alternation, e.g. ``--variant default= --variant xla=NSTYLE_CPU_CONV=xla``.
+
+The loss is compiled with ``nstyle._xla.jit``, as nstyle compiles its own hot loops (on the
+CPU: Eigen convolutions unless ``NSTYLE_CPU_CONV=xla``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def child(size: int, repeats: int, warmup: int, params_arg: bool = False) -> dic
     import jax.numpy as jnp
 
     import nstyle
+    import nstyle._xla
 
     for name, cin, cout, _ in C.CONVS:  # the FLOP table must describe nstyle's network
         assert nstyle.weights.conv_shape(name) == (3, 3, cin, cout), name
@@ -64,12 +69,13 @@ def child(size: int, repeats: int, warmup: int, params_arg: bool = False) -> dic
     )
     jax.block_until_ready(targets)
     rss_setup = C.peak_rss_mib()
+    jit = nstyle._xla.jit  # how nstyle compiles its hot loops (NSTYLE_CPU_CONV; see nstyle/_xla.py)
 
     if params_arg:
-        fn = jax.jit(jax.value_and_grad(lambda x, p, t: nstyle.losses.perceptual_loss(p, x, t, cfg)[0].sum()))
+        fn = jit(jax.value_and_grad(lambda x, p, t: nstyle.losses.perceptual_loss(p, x, t, cfg)[0].sum()))
         args = (x0, params, targets)
     else:  # the form the issue specifies: weights and targets are closed over
-        fn = jax.jit(jax.value_and_grad(lambda x: nstyle.losses.perceptual_loss(params, x, targets, cfg)[0].sum()))
+        fn = jit(jax.value_and_grad(lambda x: nstyle.losses.perceptual_loss(params, x, targets, cfg)[0].sum()))
         args = (x0,)
     t0 = time.perf_counter()
     lowered = fn.lower(*args)
@@ -88,6 +94,7 @@ def child(size: int, repeats: int, warmup: int, params_arg: bool = False) -> dic
     return C.summarise({
         "framework": "jax", "version": jax.__version__, "size": size, "threads": C.threads(),
         "variant": os.environ.get("NSTYLE_BENCH_VARIANT", "default") + ("+params-arg" if params_arg else ""), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "compiler_options": nstyle._xla.compiler_options(),
         "trace_s": t1 - t0, "compile_s": t2 - t1, "first_call_s": t3 - t2, "times_s": times, "cpu_s": cpu,
         "loss": float(v), "grad_abs_sum": float(jnp.abs(g).sum()),
         "rss_setup_mib": rss_setup, "peak_rss_mib": C.peak_rss_mib(),
@@ -118,12 +125,22 @@ def torch_cmd(size: int, args) -> list[str]:
             "--warmup", str(args.warmup)] + (["--channels-last"] if args.torch_channels_last else [])
 
 
-def variant_env(name: str, flags: str) -> dict:
+def variant_env(name: str, spec: str) -> dict:
+    """The environment of one variant: ``spec`` is space-separated XLA flags (``--xla_…``) and
+    ``KEY=VALUE`` environment settings (e.g. ``NSTYLE_CPU_CONV=xla``)."""
     env = dict(os.environ, NSTYLE_BENCH_VARIANT=name)
+    env.pop("XLA_FLAGS", None)
+    flags = []
+    for token in spec.split():
+        if token.startswith("--"):
+            flags.append(token)
+        elif "=" in token:
+            key, value = token.split("=", 1)
+            env[key] = value
+        else:
+            raise SystemExit(f"error: variant '{name}': '{token}' is neither an XLA flag (--…) nor KEY=VALUE")
     if flags:
-        env["XLA_FLAGS"] = flags
-    else:
-        env.pop("XLA_FLAGS", None)
+        env["XLA_FLAGS"] = " ".join(flags)
     return env
 
 
@@ -188,8 +205,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="--compare: A/B rounds per size")
     ap.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON, help="a Python with torch, for --compare")
     ap.add_argument("--torch-channels-last", action="store_true", help="--compare: torch in channels_last format")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=XLA_FLAGS",
-                    help="JAX configuration to add to the alternation (repeatable); 'default=' is the plain run")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=SPEC",
+                    help="JAX configuration to add to the alternation (repeatable): SPEC is space-separated XLA "
+                         "flags and KEY=VALUE environment settings, e.g. 'xla=NSTYLE_CPU_CONV=xla'; 'default=' is the plain run")
     ap.add_argument("--params-arg", action="store_true",
                     help="pass weights and targets to the jitted function as arguments (default: closed over)")
     ap.add_argument("--threads", type=int, default=None, help="restrict every child to this many cores")
@@ -205,7 +223,7 @@ def main(argv=None) -> None:
     variants = []
     for v in args.variant or ["default=" + os.environ.get("XLA_FLAGS", "")]:
         if "=" not in v:
-            raise SystemExit(f"error: --variant wants NAME=XLA_FLAGS (flags may be empty), got '{v}'")
+            raise SystemExit(f"error: --variant wants NAME=SPEC (SPEC may be empty), got '{v}'")
         variants.append(tuple(v.split("=", 1)))
 
     cores = args.threads or C.threads()
