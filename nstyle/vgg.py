@@ -103,11 +103,29 @@ def preprocess(images: jax.Array, preprocessing: str) -> jax.Array:
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """3×3 convolution, stride 1, zero padding 1, + bias: (B, H, W, C_in) -> (B, H, W, C_out)."""
+    if x.shape[-1] <= 4:  # conv1_1 (RGB in): one (B·H·W, 27) × (27, 64) matmul on the 9 shifted copies
+        return _conv_im2col(x, kernel, bias)
     y = jax.lax.conv_general_dilated(
         x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((1, 1), (1, 1)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     return y + bias.astype(x.dtype)
+
+
+def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """The same convolution as a matmul over explicit 3×3 patches.
+
+    For 3 input channels a convolution kernel has little work per output and runs at a fraction
+    of the machine's speed (XLA:CPU's Eigen convolution: ~20 GFLOP/s for conv1_1 at 256²); the
+    patch matrix is only 9·3 = 27 wide, and its matmul and the backward pass (a matmul and 9
+    shifted adds) are 2–3× faster. Same values up to float32 summation order.
+    """
+    b, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)  # (B, H, W, 9C)
+    k = kernel.astype(x.dtype).reshape(9 * c, kernel.shape[-1])  # HWIO -> (9·C_in, C_out), rows in (i, j, c) order
+    return jnp.einsum("bhwk,ko->bhwo", patches, k, precision=jax.lax.Precision.HIGHEST) + bias.astype(x.dtype)
 
 
 def _pool(x: jax.Array, pooling: str) -> jax.Array:

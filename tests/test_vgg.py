@@ -52,8 +52,28 @@ def test_stops_at_deepest_layer(vgg19):
                            arch="vgg19", preprocessing="caffe")
     f = vgg.features(broken, jnp.full((1, 32, 32, 3), 0.5), ("conv1_2",))
     assert bool(jnp.all(jnp.isfinite(f["conv1_2"])))
-    jaxpr = jax.make_jaxpr(lambda x: vgg.features(vgg19, x, ("conv1_2",)))(jnp.zeros((1, 32, 32, 3)))
-    assert str(jaxpr).count("conv_general_dilated") == 2
+    jaxpr = str(jax.make_jaxpr(lambda x: vgg.features(vgg19, x, ("conv1_2",)))(jnp.zeros((1, 32, 32, 3))))
+    # conv1_1 is a patch matmul (vgg._conv_im2col), conv1_2 a convolution, nothing deeper
+    assert jaxpr.count("conv_general_dilated") == 1 and jaxpr.count("dot_general") == 1
+
+
+def test_conv1_1_as_patch_matmul_equals_the_convolution():
+    """vgg._conv_im2col (used for the 3-channel first layer) is the same 3×3 'SAME' convolution."""
+    kx, kk, kb = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(kx, (2, 9, 7, 3))
+    k = jax.random.normal(kk, (3, 3, 3, 5))
+    b = jax.random.normal(kb, (5,))
+    want = jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=jax.lax.Precision.HIGHEST) + b
+    np.testing.assert_allclose(np.asarray(vgg._conv_im2col(x, k, b)), np.asarray(want), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(vgg._conv(x, k, b)), np.asarray(want), rtol=1e-5, atol=1e-5)
+    # and its gradient w.r.t. the input (what the pixel optimisation uses)
+    g = jax.random.normal(kb, (2, 9, 7, 5))
+    gi = jax.vjp(lambda x: vgg._conv_im2col(x, k, b), x)[1](g)[0]
+    gw = jax.vjp(lambda x: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                        precision=jax.lax.Precision.HIGHEST), x)[1](g)[0]
+    np.testing.assert_allclose(np.asarray(gi), np.asarray(gw), rtol=1e-5, atol=1e-5)
 
 
 def test_avg_and_max_pooling_differ(vgg19):
