@@ -119,6 +119,9 @@ def setup(cfg: ReconstructionSchema, name: str, out: Path, saved_as: str):
     image = images.load_image(cfg.image, cfg.size)  # (H, W, 3)
     images.check_size(image.shape, vgg.min_size(cfg.layers, cfg.network), cfg.image)
     params = weights.load(cfg.network)
+    from nstyle import _xla
+
+    _xla.persistent_cache()  # a rerun (or resume) skips most compilation
     out.mkdir(parents=True, exist_ok=True)
     images.save_image(out / saved_as, image)
     return dest, image, params

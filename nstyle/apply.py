@@ -150,6 +150,9 @@ def run(opts: dict, log=print) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = parse(sys.argv[1:] if argv is None else argv)
+        from nstyle import _xla
+
+        _xla.persistent_cache()
         meta = run(opts)
     except UserError as e:
         print(f"nstyle-apply: error: {e}", file=sys.stderr)

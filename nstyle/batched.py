@@ -258,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nstyle.weights import WeightsError
 
     try:
+        from nstyle import _xla
+
+        _xla.persistent_cache()
         sweep_dir = run(argv)
     except (ValueError, HydraException, OmegaConfBaseException, ImageError, WeightsError) as e:
         # composition errors (misspelt keys, bad values): one line, no traceback

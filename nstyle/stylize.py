@@ -288,6 +288,9 @@ def task(cfg) -> float:
         out_dir, multirun = Path.cwd(), False
     quiet = cfg.quiet if cfg.quiet is not None else multirun
     try:
+        from nstyle import _xla
+
+        _xla.persistent_cache()  # a sweep's later jobs (and the next run) reuse the compiled step
         s = config_mod.to_library(cfg)
         max_mem = int(cfg.max_memory_gb * 2**30) if cfg.max_memory_gb is not None else None
         metrics = run(s, out_dir, overwrite=cfg.overwrite, quiet=quiet, max_memory_bytes=max_mem)

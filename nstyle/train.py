@@ -484,6 +484,9 @@ def main() -> None:
     def run(dcfg) -> float:
         cfg: TrainConfig = OmegaConf.to_object(dcfg)
         workdir = Path(HydraConfig.get().runtime.output_dir)
+        from nstyle import _xla
+
+        _xla.persistent_cache()  # a resumed or repeated run reuses the compiled train step
         try:
             summary = train(cfg, workdir)
         except (UserError, checkpoint.CheckpointError, weights.WeightsError) as e:

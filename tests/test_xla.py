@@ -44,3 +44,21 @@ def test_lazy_jit_forwards_the_jit_api():
     assert float(f(jnp.float32(2.0), 3)) == 6.0
     f(jnp.float32(1.0), 3)
     assert f._cache_size() == 1 and f.__name__ == "<lambda>"
+
+
+def test_persistent_cache_directory_and_opt_out(monkeypatch, tmp_path):
+    """The directory comes from the argument / NSTYLE_XLA_CACHE / the weight cache; 'off' disables;
+    an already configured directory is kept. (jax's config is restored afterwards.)"""
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv(_xla.XLA_CACHE_ENV, "off")
+        assert _xla.persistent_cache() is None and jax.config.jax_compilation_cache_dir is None
+        monkeypatch.delenv(_xla.XLA_CACHE_ENV)
+        monkeypatch.setenv("NSTYLE_CACHE_DIR", str(tmp_path / "c"))
+        assert _xla.persistent_cache() == str(tmp_path / "c" / "xla") == jax.config.jax_compilation_cache_dir
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
+        assert _xla.persistent_cache(tmp_path / "other") == str(tmp_path / "c" / "xla")  # kept
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
