@@ -26,7 +26,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from nstyle import fastnet, images
+from nstyle import _xla, fastnet, images
 from nstyle.data import IMAGE_SUFFIXES
 
 USAGE = "usage: nstyle-apply model=FILE input=PATH output=PATH [max_side=N] [overwrite=true]"
@@ -70,7 +70,7 @@ class Styliser:
         self.path = Path(model_path)
         self.cfg, self.params, self.meta = fastnet.load_model(self.path)
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
-        self._run = jax.jit(lambda p, x: fastnet.stylise(self.cfg, p, x))
+        self._run = _xla.jit(lambda p, x: fastnet.stylise(self.cfg, p, x))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         out = self._run(self.params, image[None])  # (1, H, W, 3)

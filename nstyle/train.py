@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nstyle import checkpoint, data, fastnet, images, losses, runinfo, vgg, weights
+from nstyle import _xla, checkpoint, data, fastnet, images, losses, runinfo, vgg, weights
 
 log = logging.getLogger("nstyle.train")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -199,8 +199,8 @@ def make_train_step(net: fastnet.FastNetConfig, loss: losses.PerceptualLoss, opt
                    "tv": loss.tv_weight * jnp.mean(aux["tv"]), "grad_norm": optax.global_norm(grads)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
-    jitted = jax.jit(step_fn, donate_argnums=(1,), in_shardings=(replicated, replicated, split, replicated),
-                     out_shardings=(replicated, replicated))
+    jitted = _xla.jit(step_fn, donate_argnums=(1,), in_shardings=(replicated, replicated, split, replicated),
+                      out_shardings=(replicated, replicated))
     frozen = jax.device_put((loss_params, style), replicated)
     return functools.partial(jitted, frozen)
 
@@ -375,7 +375,7 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike) -> dict:
     loader = data.Prefetch(lambda: shard_batch(batches.next_batch(), split), depth=cfg.prefetch)
 
     val_batches = [jnp.asarray(v[None]) for v in val]
-    stylise = jax.jit(lambda p, x: fastnet.stylise(net, p, x))
+    stylise = _xla.jit(lambda p, x: fastnet.stylise(net, p, x))
     samples_dir = workdir / "samples"
 
     def save_samples(step: int, params) -> Path:
