@@ -178,6 +178,7 @@ def run_group(cfgs: list, job_dirs: list[Path], quiet: bool = True) -> dict:
             "result": "result.png", "stopped_reason": "nonfinite" if r.diverged[i] else r.stopped_reason,
             "final_loss": final["loss"], "final": final, "iterations": r.iterations, "evals": int(r.evals[i]),
             "evals_per_iter": float(r.evals_per_iter[i]), "compile_s": r.compile_s, "optimize_s": r.wall_s,
+            "restarts": int(r.restarts[i]), "lbfgs_memory_resets": int(r.resets[i]),
             "wall_s": wall, "batch": len(cfgs), "batch_index": i,
             "history": {k: v[:, i].tolist() for k, v in r.history.items()},
             "result_sha256": runinfo.array_sha256(images.to_uint8(image)),
@@ -219,7 +220,7 @@ def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) 
         cfgs, dirs, todo = [], [], []
         for m in g:
             cfg = _compose(conf_dir, fixed + m.overrides)
-            d = sweep_dir / str(cfg.hydra.job.override_dirname)
+            d = sweep_dir / config_mod.job_dirname(cfg.hydra.job.override_dirname)
             if (d / "result.png").exists() and (d / "metrics.json").exists():
                 continue  # finished by an earlier (interrupted) invocation
             _write_job_files(d, cfg, fixed + m.overrides, m.num)

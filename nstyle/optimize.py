@@ -112,6 +112,24 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformationExtraArgs:
     return optax.lbfgs(learning_rate=optim.learning_rate, memory_size=optim.memory, linesearch=linesearch)
 
 
+def lbfgs_update(opt: optax.GradientTransformation, grad: jax.Array, opt_state, x: jax.Array):
+    """``opt.update`` of optax's L-BFGS (no line search), made safe for a non-convex loss.
+
+    optax keeps every curvature pair (s, y), also one with sᵀy <= 0, which a non-convex loss
+    such as the Gram-matrix style loss produces; the inverse-Hessian estimate is then
+    indefinite and the direction can point uphill. Without a line search L-BFGS then may climb
+    to a saddle and stay there: in the α/β grid one run's loss rose for 190 of its 200 steps.
+    Here a direction that is not a descent direction (gᵀd >= 0) drops the memory and takes the
+    scaled gradient step of a fresh start instead. Returns ``(updates, state, reset)``.
+    """
+    updates, state = opt.update(grad, opt_state, x)
+    fresh_updates, fresh_state = opt.update(grad, opt.init(x), x)
+    reset = jnp.vdot(updates, grad) >= 0  # uphill, or no move at all
+    updates = jax.tree.map(lambda f, u: jnp.where(reset, f, u), fresh_updates, updates)
+    state = jax.tree.map(lambda f, s: jnp.where(reset, f, s), fresh_state, state)
+    return updates, state, reset
+
+
 # A loss this many times the best one seen so far means the step blew up (L-BFGS without a
 # line search can overshoot by orders of magnitude): go back to the best image, drop the
 # optimiser's memory and halve the step scale. Ordinary non-monotone steps stay far below it.
@@ -189,7 +207,8 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
         return total[0], {k: v[0] for k, v in aux.items()}
 
     def one_image(x, opt_state, scale, targets, weights, params):
-        """One optimiser iteration for one image -> (new x, new opt_state, loss, aux, evals)."""
+        """One optimiser iteration for one image -> (new x, new opt_state, loss, aux, evals, reset)."""
+        reset = jnp.asarray(False)
         if optim.uses_zoom:
             fn = lambda y: image_loss(y, params, targets, weights)[0]  # noqa: E731
             # the line search evaluated value and gradient at x already; reuse them (evaluate
@@ -201,12 +220,15 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
             aux = image_loss(x, params, targets, weights)[1]  # forward only, for the per-term log
         else:
             (value, aux), grad = jax.value_and_grad(image_loss, has_aux=True)(x, params, targets, weights)
-            updates, opt_state = opt.update(grad, opt_state, x)
+            if optim.name == "lbfgs":
+                updates, opt_state, reset = lbfgs_update(opt, grad, opt_state, x)
+            else:
+                updates, opt_state = opt.update(grad, opt_state, x)
             evals = jnp.asarray(1, jnp.int32)
         x = optax.apply_updates(x, jax.tree.map(lambda u: scale * u, updates))
         if optim.project:
             x = jnp.clip(x, 0.0, 1.0)
-        return x, opt_state, value, aux, evals
+        return x, opt_state, value, aux, evals, reset
 
     @_xla.jit
     def init(images: jax.Array) -> StepState:
@@ -218,7 +240,7 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
     @_xla.jit
     def step(state: StepState, params: vgg.VGGParams, targets: losses.Targets,
              weights: Mapping[str, jax.Array]) -> tuple[StepState, dict]:
-        new_x, new_opt, value, aux, evals = jax.vmap(one_image, in_axes=(0, 0, 0, 0, 0, None))(
+        new_x, new_opt, value, aux, evals, reset = jax.vmap(one_image, in_axes=(0, 0, 0, 0, 0, None))(
             state.image, state.opt_state, state.scale, targets, weights, params)
         ok = state.alive & jnp.isfinite(value) & jnp.all(jnp.isfinite(state.image), axis=(1, 2, 3))  # (B,)
         blowup = ok & (value > RESTART_FACTOR * state.best)  # (B,) restart from the best image
@@ -239,7 +261,8 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
             alive=ok,
             step=state.step + 1,
         )
-        metrics = {"loss": value, **aux, "evals": jnp.where(state.alive, evals, 0), "alive": ok, "restart": blowup}
+        metrics = {"loss": value, **aux, "evals": jnp.where(state.alive, evals, 0), "alive": ok, "restart": blowup,
+                   "reset": state.alive & reset}
         return new_state, metrics
 
     return init, step
@@ -359,6 +382,7 @@ class BatchResult:
     compile_s: float  # compiling the step (once)
     wall_s: float  # iterations only, compile excluded
     restarts: np.ndarray = None  # (B,) restarts after a blow-up (see RESTART_FACTOR)
+    resets: np.ndarray = None  # (B,) L-BFGS memory drops after an uphill direction
 
     @property
     def evals_per_iter(self) -> np.ndarray:
@@ -379,6 +403,7 @@ class Result:
     compile_s: float
     wall_s: float
     restarts: int = 0  # restarts after a blow-up (see RESTART_FACTOR)
+    resets: int = 0  # L-BFGS memory drops after an uphill direction
 
     @property
     def evals_per_iter(self) -> float:
@@ -438,6 +463,7 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
     hist: dict[str, list] = {}
     evals = np.zeros((batch,), np.int64)
     restarts = np.zeros((batch,), np.int64)
+    resets = np.zeros((batch,), np.int64)
     reason, it = "steps", 0
     t0 = time.perf_counter()
     try:
@@ -446,8 +472,9 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
             m = jax.device_get(m)
             evals += m["evals"]
             restarts += m["restart"]
+            resets += m["reset"]
             for k, v in m.items():
-                if k not in ("evals", "alive", "restart"):
+                if k not in ("evals", "alive", "restart", "reset"):
                     hist.setdefault(k, []).append(np.asarray(v, np.float64))
             if not m["alive"].any():
                 reason = "nonfinite"
@@ -480,7 +507,7 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
     history = {k: np.stack(v) if v else np.zeros((0, batch)) for k, v in hist.items()}
     return BatchResult(images=images, history=history, final=final, evals=evals, iterations=it if optim.steps else 0,
                        stopped_reason=reason, diverged=diverged, compile_s=compile_s, wall_s=wall_s,
-                       restarts=restarts)
+                       restarts=restarts, resets=resets)
 
 
 def stylize(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content: np.ndarray | None,
@@ -503,4 +530,5 @@ def stylize(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content: np.n
         final={k: float(v[0]) for k, v in r.final.items()},
         evals=int(r.evals[0]), iterations=r.iterations, stopped_reason=r.stopped_reason,
         diverged=bool(r.diverged[0]), compile_s=r.compile_s, wall_s=r.wall_s, restarts=int(r.restarts[0]),
+        resets=int(r.resets[0]),
     )

@@ -214,7 +214,7 @@ def run(s: config_mod.Settings, out_dir: Path, *, overwrite: bool = False, quiet
             evals += r.evals
             iters += r.iterations
             stages.append({"size": size, "shape": list(shape), "iterations": r.iterations, "evals": r.evals,
-                           "restarts": r.restarts,
+                           "restarts": r.restarts, "lbfgs_memory_resets": r.resets,
                            "compile_s": r.compile_s, "wall_s": r.wall_s, "stopped_reason": r.stopped_reason,
                            "final": r.final})
             if r.stopped_reason != "steps":

@@ -186,6 +186,24 @@ def test_bad_arguments_are_refused_with_a_clear_message(vgg19, tiny):
         OptimConfig(linesearch="backtracking")
 
 
+def test_lbfgs_uphill_direction_drops_the_memory():
+    """On a concave quadratic f = −½‖x‖² the first curvature pair has sᵀy = −‖s‖² < 0 and optax's
+    L-BFGS then points uphill; lbfgs_update replaces that with a fresh (downhill) gradient step."""
+    opt = optimize.make_optimizer(OptimConfig())
+    grad_of = lambda x: -x  # noqa: E731  (∇ of −½‖x‖²)
+    x = jnp.asarray([1.0, 2.0, -0.5])
+    state = opt.init(x)
+    u, state = opt.update(grad_of(x), state, x)
+    x1 = x + u
+    raw, _ = opt.update(grad_of(x1), state, x1)
+    assert float(jnp.vdot(raw, grad_of(x1))) > 0  # the raw optax step is uphill: the check has a case
+    u1, _, reset = optimize.lbfgs_update(opt, grad_of(x1), state, x1)
+    assert bool(reset) and float(jnp.vdot(u1, grad_of(x1))) < 0
+    # a downhill direction is left alone
+    u0, _, reset0 = optimize.lbfgs_update(opt, grad_of(x), opt.init(x), x)
+    assert not bool(reset0) and float(jnp.vdot(u0, grad_of(x))) < 0
+
+
 def test_lbfgs_blow_up_restarts_from_the_best_image_and_recovers(vgg19, tiny):
     """A step that multiplies the loss (here: an absurd first step) is undone: the run goes back
     to the best image, drops the L-BFGS memory, halves its step scale, and still converges."""
