@@ -19,6 +19,17 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from nstyle import losses, optimize, vgg
 
+
+def job_dirname(override_dirname: str) -> str:
+    """A sweep job's directory name from Hydra's ``override_dirname``: path separators become
+    ``_``, so ``style=/data/paintings/x.jpg`` names one directory, not a nest of them."""
+    return str(override_dirname).replace("/", "_").replace("\\", "_")
+
+
+# conf/*.yaml name job dirs ${nstyle_dirname:${hydra.job.override_dirname}}; registered on
+# import, so a launcher's worker process that unpickles the task has it too
+OmegaConf.register_new_resolver("nstyle_dirname", job_dirname, replace=True)
+
 PAPER_STYLE_LAYERS = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
 
 

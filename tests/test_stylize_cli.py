@@ -100,11 +100,19 @@ def test_run_dir_holds_result_metrics_snapshots_and_config_and_is_reproducible(t
 
 
 def test_sweep_composes_and_runs_two_tiny_jobs(tmp_path):
-    p = cli("-m", "debug=tiny", "steps=3", "loss.beta=100,10000", f"hydra.sweep.dir={tmp_path}")
+    from nstyle import images
+
+    style = tmp_path / "inputs" / "style.png"  # a path override: its "/" must not nest job dirs
+    style.parent.mkdir()
+    images.save_image(style, images.load_image("builtin:ihc", 32))
+    sweep = tmp_path / "sweep"
+    p = cli("-m", "debug=tiny", "steps=3", "loss.beta=100,10000", f"style={style}", f"hydra.sweep.dir={sweep}")
     assert p.returncode == 0, p.stderr
-    jobs = sorted((d.name for d in tmp_path.iterdir() if d.is_dir()), key=len)
-    # each job dir is named by its overrides (hydra.job.override_dirname)
-    assert jobs == ["debug=tiny,loss.beta=100,steps=3", "debug=tiny,loss.beta=10000,steps=3"]
+    jobs = sorted((d.name for d in sweep.iterdir() if d.is_dir()), key=len)
+    # each job dir is named by its overrides (hydra.job.override_dirname), one level deep
+    tail = "style=" + str(style).replace("/", "_")
+    assert jobs == [f"debug=tiny,loss.beta=100,steps=3,{tail}", f"debug=tiny,loss.beta=10000,steps=3,{tail}"]
+    tmp_path = sweep
     losses = []
     for j in jobs:
         assert (tmp_path / j / "result.png").is_file() and (tmp_path / j / ".hydra" / "config.yaml").is_file()
