@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_stylize.py                         # 256 and 512 px, 1 round
     .venv/bin/python benchmarks/bench_stylize.py --sizes 256 --rounds 3  # A B, B A, A B ...
+    .venv/bin/python benchmarks/bench_stylize.py --sizes 256 --warm-cache  # nstyle's later runs (XLA cache)
 
 Both sides stylise the built-in chelsea (content) with the built-in ihc (style), longest side
 ``size``, the paper's settings (VGG19 from ``~/.cache/nstyle/vgg19.npz``, average pooling,
@@ -37,14 +38,20 @@ TORCH_SCRIPT = HERE / "bench_stylize_torch.py"
 CONTENT, STYLE = "builtin:chelsea", "builtin:ihc"
 
 
-def child(images_npz: str, steps: int) -> dict:
-    """One nstyle stylisation in this (fresh) process; returns the timings."""
+def child(images_npz: str, steps: int, xla_cache: str | None = None) -> dict:
+    """One nstyle stylisation in this (fresh) process; returns the timings.
+
+    ``xla_cache``: a persistent compilation cache directory (as ``nstyle-stylize`` uses one),
+    else none: every compilation is cold.
+    """
     t_start = time.perf_counter()
     import jax
     import numpy as np
 
-    from nstyle import losses, optimize, runinfo, weights
+    from nstyle import _xla, losses, optimize, runinfo, weights
 
+    if xla_cache:
+        _xla.persistent_cache(xla_cache)
     t0 = time.perf_counter()
     params = weights.load("vgg19")
     with np.load(images_npz) as z:
@@ -74,11 +81,15 @@ def main(argv=None) -> None:
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch threads (default: all cores, as torch does; on a loaded machine its OpenMP "
                          "barriers make 1 thread faster than 2, so try both)")
+    ap.add_argument("--warm-cache", action="store_true",
+                    help="nstyle uses a persistent XLA cache (as nstyle-stylize does), warmed by one untimed run "
+                         "per size first: the time of any run after the first")
+    ap.add_argument("--xla-cache", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write all per-run results to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.steps)), flush=True)
+        print("RESULT " + json.dumps(child(args.child, args.steps, args.xla_cache)), flush=True)
         return
 
     import numpy as np
@@ -91,6 +102,9 @@ def main(argv=None) -> None:
             npz = str(Path(tmp) / f"images_{size}.npz")
             np.savez(npz, content=images.load_image(CONTENT, size), style=images.load_image(STYLE, size))
             ours = [sys.executable, __file__, "--child", npz, "--steps", str(args.steps)]
+            if args.warm_cache:
+                ours += ["--xla-cache", str(Path(tmp) / "xla")]
+                _run(ours)  # untimed: fills the cache
             theirs = [args.torch_python, str(TORCH_SCRIPT), "--images", npz, "--steps", str(args.steps),
                       "--threads", str(args.torch_threads)]
             for r in range(args.rounds):
@@ -102,7 +116,9 @@ def main(argv=None) -> None:
                           f"{res['iterations']} it, {res['evals']} evals, loss {res['loss_first']:.4g} -> {res['loss_final']:.4g}",
                           flush=True)
     dev = runinfo.device_info()
-    print(f"\n{args.steps} L-BFGS iterations, {dev['cpu_count']} CPUs ({dev['machine']}), medians over {args.rounds} round(s):")
+    cache = "warm persistent XLA cache" if args.warm_cache else "cold compilation"
+    print(f"\n{args.steps} L-BFGS iterations, {dev['cpu_count']} CPUs ({dev['machine']}), nstyle with {cache}, "
+          f"medians over {args.rounds} round(s):")
     print("| size | nstyle end-to-end s | torch end-to-end s | nstyle/torch | nstyle iterations s | torch iterations s | nstyle/torch (iterations) |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
