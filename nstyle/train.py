@@ -482,6 +482,9 @@ def main() -> None:
     # an absolute path: relative ones resolve as a Python module when run as a console script
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="train")
     def run(dcfg) -> float:
+        import logging
+
+        logging.getLogger("jax").setLevel(logging.WARNING)  # Hydra logs INFO; jax's backend probing is noise
         cfg: TrainConfig = OmegaConf.to_object(dcfg)
         workdir = Path(HydraConfig.get().runtime.output_dir)
         from nstyle import _xla
