@@ -131,7 +131,7 @@ def test_sweep_presets_compose_and_expand(name: str):
 
     cfg = _compose_stylize([f"experiment={name}"])
     assert str(cfg.hydra.sweep.dir).startswith(f"multirun/{name}/")
-    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.override_dirname}"
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${nstyle_dirname:${hydra.job.override_dirname}}"
     assert cfg.hydra.callbacks.job_status._target_ == "nstyle.collect.JobStatusCallback"
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     fixed, sweeps = batched.split_sweep([], params)
