@@ -57,7 +57,7 @@ def test_persistent_cache_directory_and_opt_out(monkeypatch, tmp_path):
         monkeypatch.delenv(_xla.XLA_CACHE_ENV)
         monkeypatch.setenv("NSTYLE_CACHE_DIR", str(tmp_path / "c"))
         assert _xla.persistent_cache() == str(tmp_path / "c" / "xla") == jax.config.jax_compilation_cache_dir
-        assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == _xla.MIN_COMPILE_S
         assert _xla.persistent_cache(tmp_path / "other") == str(tmp_path / "c" / "xla")  # kept
     finally:
         jax.config.update("jax_compilation_cache_dir", saved[0])
