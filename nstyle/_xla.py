@@ -63,9 +63,19 @@ def jit(fun=None, **kwargs):
     return _LazyJit(fun, kwargs)
 
 
+def _inside_trace(args, kwargs) -> bool:
+    """Whether a call happens while JAX traces something (an outer jit, vmap, grad, eval_shape)."""
+    try:
+        from jax._src import core as _core  # no public equivalent; checked by tests/test_xla.py
+
+        return not _core.trace_state_clean()
+    except (ImportError, AttributeError):  # a JAX without it: tracers among the arguments
+        return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+
+
 class _LazyJit:
     def __init__(self, fun, kwargs):
-        self._fun, self._kwargs, self._jitted = fun, kwargs, None
+        self._fun, self._kwargs, self._jitted, self._nested = fun, kwargs, None, None
         functools.update_wrapper(self, fun)
 
     def _get(self):
@@ -74,10 +84,16 @@ class _LazyJit:
         return self._jitted
 
     def __call__(self, *args, **kwargs):
+        if _inside_trace(args, kwargs):
+            # called inside another trace (jit, eval_shape, vmap, grad): JAX allows compile
+            # options only on a top-level jit, and the outer computation is compiled as a whole
+            if self._nested is None:
+                self._nested = jax.jit(self._fun, **self._kwargs)
+            return self._nested(*args, **kwargs)
         return self._get()(*args, **kwargs)
 
     def __getattr__(self, name):  # lower, trace, eval_shape, _cache_size, ...
-        if name.startswith("__") or name in ("_fun", "_kwargs", "_jitted"):
+        if name.startswith("__") or name in ("_fun", "_kwargs", "_jitted", "_nested"):
             raise AttributeError(name)
         return getattr(self._get(), name)
 

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from nstyle import _xla
@@ -37,6 +38,19 @@ def test_bad_env_value_is_one_clear_error(monkeypatch):
     monkeypatch.setenv(_xla.CONV_ENV, "fast")
     with pytest.raises(ValueError, match=r"NSTYLE_CPU_CONV='fast' is not one of eigen, xla"):
         _xla.compiler_options()
+
+
+def test_nstyle_jit_works_inside_a_users_jit_and_transforms():
+    """JAX refuses compile options on a nested jit; nstyle's jitted functions must still work
+    when called inside the user's own jit, vmap, grad or eval_shape."""
+    f = _xla.jit(lambda x: jnp.sin(x) * 2.0)
+    x = jnp.linspace(0.0, 1.0, 5)
+    want = np.asarray(jnp.sin(x) * 2.0)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda y: f(y) + 1.0)(x)), want + 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.vmap(f)(x)), want, rtol=1e-6)
+    np.testing.assert_allclose(float(jax.grad(lambda y: f(y).sum())(x)[0]), 2.0, rtol=1e-6)
+    assert jax.eval_shape(lambda: f(x)).shape == (5,)
+    np.testing.assert_allclose(np.asarray(f(x)), want, rtol=1e-6)  # top level: with the options
 
 
 def test_lazy_jit_forwards_the_jit_api():
