@@ -73,8 +73,8 @@ def _style_layer_loss(features: jax.Array, target_mean_gram: jax.Array) -> jax.A
 
 def _style_layer_loss_fwd(features, target_mean_gram):
     b, h, w, n = features.shape
-    f = features.reshape(b, h * w, n)  # (B, M, N)
-    d = jnp.einsum("bmi,bmj->bij", f, f, precision=jax.lax.Precision.HIGHEST) / (h * w) - target_mean_gram
+    d = mean_gram(features) - target_mean_gram  # (B, N, N) = (G − A) / M
+    f = features.reshape(b, h * w, n)  # (B, M, N), for the backward product
     return jnp.sum(d * d, axis=(1, 2)) / (4.0 * n * n), (f, d, features.shape, target_mean_gram.shape)
 
 
