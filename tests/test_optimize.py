@@ -103,6 +103,39 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_image(vgg19, tiny):
     assert np.isfinite(r.final["loss"])
 
 
+def test_result_is_the_best_evaluated_iterate_with_its_exact_loss_terms(vgg19, tiny):
+    # Adam with a large step oscillates, so the last evaluated image is not the best one
+    r = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], init="noise",
+                         optim=OptimConfig(name="adam", lr=0.3, steps=12, project=True))
+    loss = np.asarray(r.history["loss"])
+    best = int(np.argmin(loss))
+    assert best < len(loss) - 1  # not vacuous: the run did get worse after its best image
+    for k, v in r.history.items():  # the reported terms are that iteration's, exactly
+        assert r.final[k] == v[best], k
+    # and they are the loss of the returned image (in [0, 1] throughout, so the clip changes nothing)
+    targets = optimize.prepare_targets(vgg19, SHALLOW, tiny["content"], [tiny["style"]], None, batch=1)
+    total, aux = optimize.make_evaluate(SHALLOW)(jnp.asarray(r.image)[None], vgg19, targets, optimize.loss_weights(SHALLOW, 1))
+    np.testing.assert_allclose(float(total[0]), r.final["loss"], rtol=1e-5)
+    np.testing.assert_allclose(float(aux["style"][0]), r.final["style"], rtol=1e-5)
+    # no step at all: the starting image, evaluated
+    r0 = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], optim=OptimConfig(steps=0))
+    assert r0.iterations == 0 and all(len(v) == 0 for v in r0.history.values())
+    np.testing.assert_array_equal(r0.image, tiny["content"])
+    start = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], optim=OptimConfig(steps=1))
+    np.testing.assert_allclose(r0.final["loss"], start.history["loss"][0], rtol=1e-5)  # the loss of the content image
+
+
+def test_blended_style_targets_are_the_weighted_mean_of_the_grams(vgg19, tiny):
+    other = tiny["style"][::-1, :, ::-1]  # a different image of the same size
+    small = tiny["style"][:24, :20]  # and one of another size (style scale)
+    one = lambda img: optimize.prepare_targets(vgg19, SHALLOW, tiny["content"], [img], None, 1).style  # noqa: E731
+    mix = optimize.prepare_targets(vgg19, SHALLOW, tiny["content"], [tiny["style"], other, small], [2.0, 1.0, 1.0], 1).style
+    a, b, c = one(tiny["style"]), one(other), one(small)
+    for layer in SHALLOW.style_layers:
+        np.testing.assert_allclose(mix[layer], 0.5 * a[layer] + 0.25 * b[layer] + 0.25 * c[layer], rtol=1e-5, atol=1e-7)
+        assert not np.allclose(a[layer], b[layer])  # the images do differ
+
+
 def test_zoom_linesearch_reports_evaluations(vgg19, tiny):
     one_layer = losses.PerceptualLoss(content_layers=("conv1_1",), style_layers=("conv1_1",), style_weights=(1.0,))
     r = optimize.stylize(vgg19, one_layer, content=tiny["content"], styles=[tiny["style"]],
