@@ -59,8 +59,10 @@ def bench_infer(sizes, repeats):
 def bench_gatys(sizes, iters):
     from nstyle import losses, optimize, weights
 
-    params = weights.load("vgg19")
+    from nstyle import vgg
+
     loss = losses.PerceptualLoss()  # the paper's layers and weights
+    params = vgg.with_backward_kernels(weights.load("vgg19"), loss.layers)  # as optimize.stylize_batch prepares them
     optim = optimize.OptimConfig(name="lbfgs", steps=iters)
     init, step = optimize.make_step(loss, optim)
     out = {}

@@ -461,6 +461,7 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
     shape = (int(shape[0]), int(shape[1]))
     w = loss_weights(loss, batch, weights)
     targets = prepare_targets(params, loss, content, styles, style_blend, batch)
+    params = vgg.with_backward_kernels(params, loss.layers)  # once per run, not in every step's backward pass
     x0 = initial_images(init, shape, batch, key, content=content, styles=styles)
 
     init_fn, step_fn = make_step(loss, optim)

@@ -201,7 +201,7 @@ def make_train_step(net: fastnet.FastNetConfig, loss: losses.PerceptualLoss, opt
 
     jitted = _xla.jit(step_fn, donate_argnums=(1,), in_shardings=(replicated, replicated, split, replicated),
                       out_shardings=(replicated, replicated))
-    frozen = jax.device_put((loss_params, style), replicated)
+    frozen = jax.device_put((vgg.with_backward_kernels(loss_params, loss.layers), style), replicated)
     return functools.partial(jitted, frozen)
 
 

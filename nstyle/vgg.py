@@ -39,6 +39,9 @@ class VGGParams:
     """
 
     convs: dict
+    # {layer: (3, 3, O, I)}: each kernel rotated by 180° with its channel axes swapped, the
+    # kernel of the input gradient; see with_backward_kernels. None: XLA derives it per call.
+    backward_kernels: dict | None = None
     arch: str = struct.field(pytree_node=False, default="vgg19")
     preprocessing: str = struct.field(pytree_node=False, default="caffe")
     checksum: str = struct.field(pytree_node=False, default="")
@@ -102,15 +105,87 @@ def preprocess(images: jax.Array, preprocessing: str) -> jax.Array:
     raise ValueError(f"unknown preprocessing '{preprocessing}' (expected 'caffe' or 'torchvision')")
 
 
-def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """3×3 convolution, stride 1, zero padding 1, + bias: (B, H, W, C_in) -> (B, H, W, C_out)."""
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, backward_kernel: jax.Array | None = None) -> jax.Array:
+    """3×3 convolution, stride 1, zero padding 1, + bias: (B, H, W, C_in) -> (B, H, W, C_out).
+
+    ``backward_kernel``: the kernel of the input gradient, precomputed (:func:`with_backward_kernels`).
+    """
     if x.shape[-1] <= 4:  # conv1_1 (RGB in): one (B·H·W, 27) × (27, 64) matmul on the 9 shifted copies
         return _conv_im2col(x, kernel, bias)
-    y = jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((1, 1), (1, 1)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    kernel = kernel.astype(x.dtype)
+    if backward_kernel is None:
+        y = _lax_conv(x, kernel)
+    else:
+        y = _conv_given_backward(x, kernel, backward_kernel.astype(x.dtype))
     return y + bias.astype(x.dtype)
+
+
+def _lax_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def backward_kernel(kernel: jax.Array) -> jax.Array:
+    """The kernel whose convolution with ∂L/∂y is ∂L/∂x: rotated by 180°, I and O swapped.
+
+    For y = x ⋆ K (cross-correlation, stride 1, 'same' padding), ∂L/∂x = ∂L/∂y ⋆ K' with
+    K'[i, j, o, c] = K[2 − i, 2 − j, c, o]: (3, 3, I, O) -> (3, 3, O, I), again HWIO.
+    """
+    return jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+
+
+@jax.custom_vjp
+def _conv_given_backward(x, kernel, kernel_t):
+    """``_lax_conv(x, kernel)`` whose input gradient is a convolution with the given ``kernel_t``.
+
+    XLA's own input gradient rotates and transposes the kernel on every call (as a copy: the
+    convolution needs it laid out that way). For VGG's 12 kernels beyond conv1_1 that is
+    52 MB up to conv5_1, rewritten in every backward pass;
+    done once per run instead (:func:`with_backward_kernels`) it costs nothing per step.
+    """
+    return _lax_conv(x, kernel)
+
+
+def _conv_given_backward_fwd(x, kernel, kernel_t):
+    return _lax_conv(x, kernel), (x, kernel, kernel_t)
+
+
+def _conv_given_backward_bwd(res, g):
+    x, kernel, kernel_t = res
+    dx = _lax_conv(g, kernel_t)
+    # the kernel's gradient as autodiff gives it; compiled away unless someone asks for it
+    dk = jax.vjp(lambda k: _lax_conv(x, k), kernel)[1](g)[0]
+    # kernel_t is derived from kernel: its cotangent flows into dk, not here
+    return dx, dk, jnp.zeros_like(kernel_t)
+
+
+_conv_given_backward.defvjp(_conv_given_backward_fwd, _conv_given_backward_bwd)
+
+
+@jax.jit
+def _backward_kernels(convs: dict) -> dict:
+    return {layer: backward_kernel(p["kernel"]) for layer, p in convs.items()}
+
+
+def with_backward_kernels(params: "VGGParams", layers: Iterable[str] | None = None) -> "VGGParams":
+    """``params`` carrying the input-gradient kernel of every conv up to the deepest of
+    ``layers`` (default: all), computed once here instead of inside every backward pass.
+    The RGB conv1_1 needs none: it runs as a patch matmul.
+
+    Use it for anything that differentiates through VGG many times with the same weights (the
+    Gatys step, FastNet training): each call of the jitted step then reads the precomputed
+    kernels. It adds one copy of those weights (52 MB up to conv5_1 of VGG19). Returns
+    ``params`` itself when it already carries them.
+    """
+    order = [stage for stage in _order(params.arch) if not stage.startswith("pool")]
+    if layers is not None:
+        layers = tuple(layers)
+        order = order[:order.index(deepest(layers, params.arch)) + 1] if layers else []
+    needed = [layer for layer in order if params.convs[layer]["kernel"].shape[2] > 4]
+    have = params.backward_kernels or {}
+    if all(layer in have for layer in needed):
+        return params
+    return params.replace(backward_kernels={**have, **_backward_kernels({k: params.convs[k] for k in needed if k not in have})})
 
 
 def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
@@ -167,7 +242,8 @@ def features(params: VGGParams, images: jax.Array, layers: Sequence[str], poolin
             x = _pool(x, pooling)  # (B, h/2, w/2, C)
         else:
             p = params.convs[stage]
-            x = jax.nn.relu(_conv(x, p["kernel"], p["bias"]))  # (B, h, w, C_out)
+            kt = params.backward_kernels.get(stage) if params.backward_kernels is not None else None
+            x = jax.nn.relu(_conv(x, p["kernel"], p["bias"], kt))  # (B, h, w, C_out)
         for name in wanted.get(stage, ()):
             out[name] = x
         if stage == last:

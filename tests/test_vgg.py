@@ -76,6 +76,53 @@ def test_conv1_1_as_patch_matmul_equals_the_convolution():
     np.testing.assert_allclose(np.asarray(gi), np.asarray(gw), rtol=1e-5, atol=1e-5)
 
 
+def test_precomputed_backward_kernel_gives_autodiffs_gradients():
+    """vgg._conv_given_backward: the input gradient from the precomputed rotated, transposed
+    kernel equals autodiff's; the kernel gradient is autodiff's too; also under vmap."""
+    kx, kk, kg = jax.random.split(jax.random.key(2), 3)
+    x = jax.random.normal(kx, (2, 9, 7, 6))
+    k = jax.random.normal(kk, (3, 3, 6, 5))  # not square in I/O and not symmetric: a wrong flip/transpose shows
+    g = jax.random.normal(kg, (2, 9, 7, 5))
+    kt = vgg.backward_kernel(k)
+    assert kt.shape == (3, 3, 5, 6)
+    y_ref, vjp_ref = jax.vjp(vgg._lax_conv, x, k)
+    y, vjp = jax.vjp(lambda x, k: vgg._conv_given_backward(x, k, vgg.backward_kernel(k)), x, k)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+    for got, want in zip(vjp(g), vjp_ref(g)):  # (dx, dk)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+    dx_ref = vjp_ref(g)[0]
+    assert float(jnp.max(jnp.abs(jax.vjp(lambda x: vgg._lax_conv(x, k[::-1]), x)[1](g)[0] - dx_ref))) > 1e-2  # the flip matters
+    dx_vmapped = jax.vmap(lambda xi, gi: jax.vjp(lambda x: vgg._conv_given_backward(x, k, kt), xi[None])[1](gi[None])[0][0])(x, g)
+    np.testing.assert_allclose(np.asarray(dx_vmapped), np.asarray(dx_ref), rtol=1e-5, atol=1e-4)
+
+
+def test_with_backward_kernels_same_features_and_pixel_gradient(vgg19):
+    partial = vgg.with_backward_kernels(vgg19, ("conv1_1", "conv4_2"))  # only as deep as the loss reads
+    assert sorted(partial.backward_kernels) == ["conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+                                                "conv3_4", "conv4_1", "conv4_2"]
+    assert vgg.with_backward_kernels(partial, ("conv3_1",)) is partial  # already there
+    prepared = vgg.with_backward_kernels(partial)  # adds the rest
+    assert vgg.with_backward_kernels(prepared) is prepared
+    assert "conv1_1" not in prepared.backward_kernels and prepared.backward_kernels["conv5_4"].shape == (3, 3, 512, 512)
+    np.testing.assert_array_equal(np.asarray(prepared.backward_kernels["conv4_2"]),
+                                  np.asarray(vgg.backward_kernel(vgg19.convs["conv4_2"]["kernel"])))
+    x = jax.random.uniform(jax.random.key(3), (1, 40, 36, 3))
+    layers = ("conv1_1", "conv3_1", "conv4_2")
+
+    def loss(params, x):
+        f = vgg.features(params, x, layers, pooling="avg")
+        return sum(jnp.mean(v ** 2) for v in f.values())
+
+    v0, g0 = jax.jit(jax.value_and_grad(loss, argnums=1))(vgg19, x)
+    v1, g1 = jax.jit(jax.value_and_grad(loss, argnums=1))(prepared, x)
+    np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(g0))))
+    # the gradient w.r.t. a VGG kernel is still autodiff's (the derived copies get zero)
+    k0 = jax.grad(loss)(vgg19, x).convs["conv3_1"]["kernel"]
+    k1 = jax.grad(loss)(prepared, x).convs["conv3_1"]["kernel"]
+    np.testing.assert_allclose(np.asarray(k1), np.asarray(k0), rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(k0))))
+
+
 def test_avg_and_max_pooling_differ(vgg19):
     x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3))
     fm = vgg.features(vgg19, x, ("conv2_1",), pooling="max")["conv2_1"]
