@@ -162,9 +162,16 @@ def _conv_given_backward_bwd(res, g):
 _conv_given_backward.defvjp(_conv_given_backward_fwd, _conv_given_backward_bwd)
 
 
-@jax.jit
 def _backward_kernels(convs: dict) -> dict:
-    return {layer: backward_kernel(p["kernel"]) for layer, p in convs.items()}
+    """{layer: backward_kernel(kernel)}; in numpy, on the host: 0.06 s for VGG19 up to conv5_1
+    against 0.67 s for the same as a first (compiled) JAX call."""
+    if any(isinstance(p["kernel"], jax.core.Tracer) for p in convs.values()):  # inside someone's trace
+        return {layer: backward_kernel(p["kernel"]) for layer, p in convs.items()}
+    out = {}
+    for layer, p in convs.items():
+        k = np.asarray(p["kernel"])
+        out[layer] = jax.device_put(np.ascontiguousarray(np.transpose(k[::-1, ::-1], (0, 1, 3, 2))))
+    return out
 
 
 def with_backward_kernels(params: "VGGParams", layers: Iterable[str] | None = None) -> "VGGParams":
