@@ -82,7 +82,7 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
             "layer": layer,
             "content_loss": clipped,
             "content_loss_rel": clipped / hist[0] if len(hist) and hist[0] > 0 else None,
-            "content_loss_unclipped": r.final["content"],  # the optimiser's last iterate (pixels unconstrained)
+            "content_loss_unclipped": r.final["content"],  # the optimiser's result, its best evaluated iterate (pixels unconstrained)
             "pixel_mse": _metrics.pixel_mse(r.image, original),
             "psnr_db": _metrics.psnr(r.image, original),
             "lpips": lpips(r.image, original),

@@ -92,7 +92,7 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
             "n_layers": k,
             # what was optimised, mean E_l over the subset, of the saved image (clipped to [0, 1]) ...
             "style_loss": float(np.mean([np.asarray(aux[f"style/{l}"])[0] for l in subset])),
-            # ... and of the optimiser's last iterate, whose pixels may lie outside [0, 1]
+            # ... and of the optimiser's result (its best evaluated iterate), whose pixels may lie outside [0, 1]
             "style_loss_unclipped": r.final["style"],
             "style_loss_all": float(np.asarray(aux["style"])[0]),  # mean E_l over all layers
             **{f"E_{l}": float(np.asarray(aux[f"style/{l}"])[0]) for l in cfg.layers},
