@@ -99,9 +99,9 @@ class _LazyJit:
 
 
 XLA_CACHE_ENV = "NSTYLE_XLA_CACHE"
-# Cache every computation that took this long to compile. The targets, init and final
-# evaluation take 0.2–1.2 s each; with JAX's default threshold of 1 s most of them compiled
-# afresh every run (256 px: targets 1.8 s → 0.7 s, final evaluation 1.3 s → 0.5 s warm).
+# Cache every computation that took this long to compile. The targets and init take
+# 0.1–1.0 s each; with JAX's default threshold of 1 s most of them compiled afresh every run
+# (256 px, session 2: targets 1.8 s → 0.7 s warm).
 MIN_COMPILE_S = 0.1
 
 

@@ -175,14 +175,15 @@ def run(s: config_mod.Settings, out_dir: Path, *, overwrite: bool = False, quiet
     """
     import jax
 
-    from nstyle import color, images, optimize, runinfo, weights
+    from nstyle import color, images, optimize, runinfo, vgg, weights
 
     out_dir = Path(out_dir)
     check_run_dir(out_dir, overwrite)
     inputs = load_inputs(s)
     budget = max_memory_bytes if max_memory_bytes is not None else images.available_memory_bytes()
     check_sizes(s, inputs, budget)
-    params = weights.load(s.arch)
+    # prepared once here, not again for each coarse-to-fine stage (optimize.stylize_batch reuses them)
+    params = vgg.with_backward_kernels(weights.load(s.arch), s.loss.layers)
 
     def finish(x: np.ndarray) -> np.ndarray:
         """The optimised image -> the image to save (luminance mode puts the colour back)."""
