@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 # VGG19 convs up to conv5_1 (the deepest layer the loss reads): (name, C_in, C_out, pools before it).
-# bench_loss.py asserts these against nstyle.weights.conv_shape so the two cannot drift.
+# bench_loss.py asserts these against nstyle.vgg.conv_shape so the two cannot drift.
 CONVS = (
     ("conv1_1", 3, 64, 0), ("conv1_2", 64, 64, 0),
     ("conv2_1", 64, 128, 1), ("conv2_2", 128, 128, 1),
@@ -31,6 +31,16 @@ STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 STYLE_WEIGHT = 0.2
 ALPHA, BETA = 1.0, 1e3
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# The PyTorch side runs in a venv of its own (torch is never a dependency of nstyle):
+#   python -m venv .torchvenv && .torchvenv/bin/pip install torch==2.13.0 numpy
+#   export NSTYLE_TORCH_PYTHON=.torchvenv/bin/python
+TORCH_PYTHON_ENV = "NSTYLE_TORCH_PYTHON"
+
+
+def torch_python() -> str | None:
+    """The Python of the PyTorch venv (``$NSTYLE_TORCH_PYTHON``), or None when it is not set."""
+    return os.environ.get(TORCH_PYTHON_ENV) or None
 
 
 def forward_gflop(size: int) -> float:

@@ -46,7 +46,7 @@ def bench_infer(sizes, repeats):
     params = fastnet.init(cfg, jax.random.key(0))
     from nstyle import _xla
 
-    run = _xla.jit(lambda p, x: fastnet.stylise(cfg, p, x))  # as nstyle-apply compiles it
+    run = _xla.jit(lambda p, x: fastnet.stylize(cfg, p, x))  # as nstyle-apply compiles it
     out = {}
     for s in sizes:
         x = jax.random.uniform(jax.random.key(s), (1, s, s, 3))
@@ -57,9 +57,7 @@ def bench_infer(sizes, repeats):
 
 
 def bench_gatys(sizes, iters):
-    from nstyle import losses, optimize, weights
-
-    from nstyle import vgg
+    from nstyle import losses, optimize, vgg, weights
 
     loss = losses.PerceptualLoss()  # the paper's layers and weights
     params = vgg.with_backward_kernels(weights.load("vgg19"), loss.layers)  # as optimize.stylize_batch prepares them
@@ -91,7 +89,7 @@ def bench_train(size, batch, steps):
     from nstyle import fastnet, losses, train, weights
 
     vp = weights.load("vgg16")
-    loss, _ = train.perceptual_loss_for(train.LossConfig(tv_weight=10.0), size, vp)
+    loss, _ = train.perceptual_loss_for(train.TrainLoss(), size, vp)
     style = losses.style_targets(vp, [jax.random.uniform(jax.random.key(1), (1, size, size, 3))], loss)
     net, opt = fastnet.FastNetConfig(), optax.adam(1e-3)
     mesh = train.make_mesh()

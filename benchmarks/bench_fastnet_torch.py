@@ -1,6 +1,6 @@
 """PyTorch reference for bench_fastnet.py's training throughput: the same network, loss and step.
 
-    /tmp/torchvenv/bin/python benchmarks/bench_fastnet_torch.py --size 256 --batch 4 --steps 3
+    $NSTYLE_TORCH_PYTHON benchmarks/bench_fastnet_torch.py --size 256 --batch 4 --steps 3
 
 Optional: torch is never a dependency of nstyle. The network is Johnson et al.'s as in
 nstyle.fastnet (reflection padding, instance norm with affine, nearest-upsample + conv,

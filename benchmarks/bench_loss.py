@@ -38,7 +38,7 @@ import _common as C  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TORCH_SCRIPT = HERE / "bench_loss_torch.py"
-DEFAULT_TORCH_PYTHON = "/tmp/torchvenv/bin/python"
+DEFAULT_TORCH_PYTHON = C.torch_python()  # $NSTYLE_TORCH_PYTHON
 
 
 # ----------------------------------------------------------------------------- the measurement
@@ -57,7 +57,7 @@ def child(size: int, repeats: int, warmup: int, params_arg: bool = False) -> dic
     import nstyle._xla
 
     for name, cin, cout, _ in C.CONVS:  # the FLOP table must describe nstyle's network
-        assert nstyle.weights.conv_shape(name) == (3, 3, cin, cout), name
+        assert nstyle.vgg.conv_shape(name) == (3, 3, cin, cout), name
     params = nstyle.weights.load("vgg19")
     cfg = nstyle.losses.PerceptualLoss()  # paper defaults, avg pooling
     assert cfg.content_layers == (C.CONTENT_LAYER,) and cfg.style_layers == C.STYLE_LAYERS, cfg
@@ -218,8 +218,8 @@ def main(argv=None) -> None:
     if args.child:
         C.report(child(args.size[0], args.repeats, args.warmup, args.params_arg))
         return
-    if args.compare and not Path(args.torch_python).exists():
-        raise SystemExit(f"error: no Python at {args.torch_python}; pass --torch-python PATH to a Python with torch")
+    if args.compare and not (args.torch_python and Path(args.torch_python).exists()):
+        raise SystemExit(f"error: no Python at {args.torch_python}; pass --torch-python PATH to a Python with torch (or set NSTYLE_TORCH_PYTHON)")
     variants = []
     for v in args.variant or ["default=" + os.environ.get("XLA_FLAGS", "")]:
         if "=" not in v:

@@ -1,6 +1,6 @@
 """PyTorch reference for bench_loss.py: the same Gatys loss value-and-gradient, for comparison only.
 
-    /tmp/torchvenv/bin/python benchmarks/bench_loss_torch.py --size 256 512
+    $NSTYLE_TORCH_PYTHON benchmarks/bench_loss_torch.py --size 256 512
 
 Optional: torch is never a dependency of nstyle; run this with a Python that has torch and
 numpy. It reads nstyle's cached VGG19 (``~/.cache/nstyle/vgg19.npz``, written by

@@ -12,7 +12,7 @@ content image, with L-BFGS for exactly ``--steps`` iterations, history 10, no li
 
 - nstyle: ``nstyle.optimize.stylize`` (``OptimConfig(steps=100)``), in a fresh process;
 - PyTorch: ``bench_stylize_torch.py`` with ``torch.optim.LBFGS``, run by ``--torch-python``
-  (default ``/tmp/torchvenv/bin/python``), in a fresh process.
+  (default ``$NSTYLE_TORCH_PYTHON``), in a fresh process.
 
 "End to end" is measured inside each process after its imports: loading the weights, the
 targets, compilation (nstyle), the iterations and the final loss. The runs alternate so a
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -77,7 +78,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=1, help="pairs of runs per size, alternating which goes first")
-    ap.add_argument("--torch-python", default="/tmp/torchvenv/bin/python")
+    ap.add_argument("--torch-python", default=os.environ.get("NSTYLE_TORCH_PYTHON"),
+                    help="the PyTorch venv's python (default $NSTYLE_TORCH_PYTHON)")
     ap.add_argument("--torch-threads", type=int, default=0,
                     help="torch threads (default: all cores, as torch does; on a loaded machine its OpenMP "
                          "barriers make 1 thread faster than 2, so try both)")
@@ -94,7 +96,7 @@ def main(argv=None) -> None:
 
     import numpy as np
 
-    from nstyle import images, runinfo
+    from nstyle import _io, images, runinfo
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +129,7 @@ def main(argv=None) -> None:
         ai, bi = med("nstyle", "optimize_s"), med("torch", "optimize_s")
         print(f"| {size} | {a:.1f} | {b:.1f} | {a / b:.2f} | {ai:.1f} | {bi:.1f} | {ai / bi:.2f} |")
     if args.json:
-        runinfo.write_json_atomic(args.json, {"runs": runs, "device": dev, "versions": runinfo.versions()})
+        _io.write_json(args.json, {"runs": runs, "device": dev, "versions": runinfo.versions()})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """PyTorch Gatys et al. reference for bench_stylize.py: 100 L-BFGS iterations, end to end.
 
-    /tmp/torchvenv/bin/python benchmarks/bench_stylize_torch.py --images IMAGES.npz --steps 100
+    $NSTYLE_TORCH_PYTHON benchmarks/bench_stylize_torch.py --images IMAGES.npz --steps 100
 
 Run by ``bench_stylize.py --compare`` (never imported by nstyle; torch is not a dependency).
 What it does is what Gatys' own PyTorch code and the usual PyTorch tools do, with nstyle's

@@ -11,39 +11,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import shutil
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
-from nstyle import collect
+from nstyle import _io, optimize, runinfo
+from nstyle._errors import UserError
+from nstyle.cli import collect, schema
 
 
 @dataclasses.dataclass
-class OptimSchema:
-    """Mirrors :class:`nstyle.optimize.OptimConfig` (validated there)."""
+class ReconOptimSchema(schema.OptimSchema):
+    """The ``optim`` group of nstyle-stylize plus the step count (a top-level key there)."""
 
-    name: str = "lbfgs"
-    steps: int = 500
-    lr: Optional[float] = None
-    memory: int = 10
-    linesearch: str = "none"
-    max_linesearch_steps: int = 20
-    # Clip to [0, 1] after every step. From white noise with nothing but one layer's features
-    # (or Gram matrices) to match, free pixels wander far outside [0, 1] and the final clip
-    # undoes much of the fit: at 128 px, 300 L-BFGS steps (memory 20), projection gave
-    # conv1_2 20.7 dB vs 19.4 dB PSNR, and a conv1_1 style loss of 0.25 vs 2.0e4 after the
-    # clip. The paper's free pixels: optim.project=false.
-    project: bool = True
+    steps: int = optimize.OptimConfig().steps
 
-    def build(self):
-        from nstyle.optimize import OptimConfig
-
-        return OptimConfig(**dataclasses.asdict(self))
+    def build(self) -> optimize.OptimConfig:
+        return schema.optim_config(self, self.steps)
 
 
 @dataclasses.dataclass
@@ -56,15 +43,15 @@ class ReconstructionSchema:
     network: str = "vgg19"
     pooling: str = "avg"  # Gatys et al.: average pooling gives better reconstructions
     init: str = "noise"  # the paper starts from white noise
-    layers: List[str] = dataclasses.field(default_factory=list)
-    optim: OptimSchema = dataclasses.field(default_factory=OptimSchema)
+    layers: list[str] = dataclasses.field(default_factory=list)
+    optim: ReconOptimSchema = dataclasses.field(default_factory=ReconOptimSchema)
     lpips_net: str = "vgg16"  # the independent perceptual distance: "vgg16" or "alexnet"
     publish: Optional[str] = None  # copy table + figure here (e.g. experiments/results)
     overwrite: bool = False  # allow publish to replace existing files
     resume: bool = False  # with hydra.run.dir=<an earlier run>: reuse its finished layers
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UserError, ValueError):
     """A user-facing configuration problem: one line naming it and the fix."""
 
 
@@ -92,10 +79,7 @@ def check_common(cfg: ReconstructionSchema) -> None:
             vgg.canonical(layer, cfg.network)
         except ValueError as e:
             raise ExperimentError(str(e)) from None
-    try:
-        cfg.optim.build()
-    except ValueError as e:
-        raise ExperimentError(f"optim: {e}") from None
+    cfg.optim.build()
 
 
 def check_publish(cfg: ReconstructionSchema, names: Sequence[str]) -> Path | None:
@@ -138,25 +122,17 @@ PUBLISH_MAX_WIDTH = 1400  # px: committed figures stay small (results/ < 2 MB in
 def publish_file(src: Path, target: Path) -> Path:
     """Copy ``src`` to ``target`` atomically; PNG figures are re-encoded with a 256-colour
     palette (and narrowed to ``PUBLISH_MAX_WIDTH``) so committed results stay small."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp"
-    try:
-        if src.suffix.lower() == ".png":
-            from PIL import Image
+    if src.suffix.lower() != ".png":
+        return _io.atomic_write(target, lambda f: shutil.copyfileobj(open(src, "rb"), f))
+    from PIL import Image
 
-            with Image.open(src) as im:
-                im = im.convert("RGB")
-                if im.width > PUBLISH_MAX_WIDTH:
-                    h = round(im.height * PUBLISH_MAX_WIDTH / im.width)
-                    im = im.resize((PUBLISH_MAX_WIDTH, h), Image.Resampling.LANCZOS)
-                im.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-                    tmp, format="PNG", optimize=True)
-        else:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        if im.width > PUBLISH_MAX_WIDTH:
+            h = round(im.height * PUBLISH_MAX_WIDTH / im.width)
+            im = im.resize((PUBLISH_MAX_WIDTH, h), Image.Resampling.LANCZOS)
+        small = im.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    return _io.atomic_write(target, lambda f: small.save(f, format="PNG", optimize=True))
 
 
 def publish(files: Sequence[Path], dest: Path | None) -> list[Path]:
@@ -168,37 +144,20 @@ def publish(files: Sequence[Path], dest: Path | None) -> list[Path]:
 
 def write_table(rows: Sequence[dict], out: Path, name: str) -> tuple[Path, Path]:
     csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
-    collect.write_text_atomic(csv_path, collect.to_csv(rows))
-    collect.write_text_atomic(md_path, collect.to_markdown(rows))
+    _io.write_text(csv_path, collect.to_csv(rows))
+    _io.write_text(md_path, collect.to_markdown(rows))
     return csv_path, md_path
 
 
-def write_metrics(out: Path, data: dict) -> Path:
-    import jax
-
-    info = {"device": str(jax.devices()[0]), "jax": jax.__version__, "python": platform.python_version(),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path = out / "metrics.json"
-    collect._write_json_atomic(path, {**data, "environment": info})
-    return path
+def write_metrics(out: Path, data: dict, seed: int | None = None, params: Any = None) -> Path:
+    return _io.write_json(out / "metrics.json", {**data, **runinfo.describe(params=params, seed=seed)})
 
 
-class Lpips:
-    """LPIPS distance if :mod:`nstyle.lpips` is available, else None (the column stays empty)."""
+def lpips(a: np.ndarray, b: np.ndarray, net: str) -> float:
+    """LPIPS distance of two (H, W, 3) images."""
+    from nstyle.lpips import lpips_distance
 
-    def __init__(self, net: str):
-        self.net = net
-        try:
-            from nstyle.lpips import lpips_distance
-
-            self._fn = lpips_distance
-        except ImportError:
-            self._fn = None
-
-    def __call__(self, a: np.ndarray, b: np.ndarray) -> float | None:
-        if self._fn is None:
-            return None
-        return float(np.asarray(self._fn(np.asarray(a)[None], np.asarray(b)[None], net=self.net))[0])
+    return float(np.asarray(lpips_distance(np.asarray(a)[None], np.asarray(b)[None], net=net))[0])
 
 
 def settings_of(cfg: Any, keys: Sequence[str]) -> dict:
@@ -211,38 +170,9 @@ def settings_of(cfg: Any, keys: Sequence[str]) -> dict:
     return out
 
 
-def to_jsonable(x):
-    if isinstance(x, dict):
-        return {k: to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x
-
-
 def dump_config(cfg) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def cli_errors(fn):
-    """Run a Hydra task; user mistakes print one line and exit 2 instead of a traceback."""
-    import functools
-    import sys
-
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        from nstyle.images import ImageError
-
-        try:
-            return fn(*a, **kw)
-        except (ExperimentError, ImageError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    return wrapper
+    """The experiment's config as plain JSON types."""
+    return _io.to_jsonable(cfg)
 
 
 @dataclasses.dataclass
@@ -270,10 +200,9 @@ def cached(out: Path, tag: str, fingerprint: dict, resume: bool, fn) -> Reconstr
                 meta = json.loads(str(z["meta"]))
                 return Reconstruction(image=z["image"], **meta)
     r = fn()
-    rec = Reconstruction(image=r.image, history=to_jsonable(r.history), final=to_jsonable(r.final), evals=int(r.evals),
-                         iterations=int(r.iterations), wall_s=float(r.wall_s), compile_s=float(r.compile_s))
+    rec = Reconstruction(image=r.image, history=_io.to_jsonable(r.history), final=_io.to_jsonable(r.final),
+                         evals=int(r.evals), iterations=int(r.iterations), wall_s=float(r.wall_s),
+                         compile_s=float(r.compile_s))
     meta = {k: getattr(rec, k) for k in ("history", "final", "evals", "iterations", "wall_s", "compile_s")}
-    tmp = out / f".{tag}.tmp.npz"
-    np.savez(tmp, image=rec.image, fingerprint=np.asarray(fp), meta=np.asarray(json.dumps(meta)))
-    os.replace(tmp, path)
+    _io.save_npz(path, {"image": rec.image, "fingerprint": np.asarray(fp), "meta": np.asarray(json.dumps(meta))})
     return rec

@@ -2,7 +2,7 @@
 
 Used by :mod:`experiments.alpha_beta_grid` and :mod:`experiments.ablations`; the sweep runs
 either as a Hydra multirun of ``nstyle-stylize`` (any launcher: ``+launcher=joblib``) or,
-with ``--batched``, through :mod:`nstyle.batched`. Then :func:`nstyle.collect.collect`
+with ``--batched``, through ``nstyle-sweep`` (:mod:`nstyle.cli.sweep`). Then :func:`nstyle.cli.collect.summarize`
 writes ``summary/`` inside the sweep directory, and ``--publish DIR`` copies the grid, the
 loss curves and the table to ``DIR/<name>.png``, ``<name>_curves.png``, ``<name>.csv``,
 ``<name>.md``.
@@ -14,10 +14,10 @@ import argparse
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from nstyle import collect
+from nstyle.cli import collect
 
 
 def parse(prog: str, doc: str, argv: Sequence[str] | None):
@@ -43,15 +43,15 @@ def run_sweep(name: str, args, overrides: list[str], rows: str | None, cols: str
     hydra_args = [f"experiment={name}", f"hydra.sweep.dir={sweep_dir}", *overrides]
     t0 = time.perf_counter()
     if args.batched:
-        from nstyle import batched
+        from nstyle.cli import sweep
 
-        code = batched.main(hydra_args)
+        code = sweep.main(hydra_args)
     else:
-        code = subprocess.call([sys.executable, "-m", "nstyle.stylize", "-m", *hydra_args])
+        code = subprocess.call([sys.executable, "-m", "nstyle.cli.stylize", "-m", *hydra_args])
     wall = time.perf_counter() - t0
     if code != 0:
         print(f"warning: the sweep exited with status {code}; collecting what it left", file=sys.stderr)
-    s = collect.collect(sweep_dir, rows_key=rows, cols_key=cols, evaluate=not args.no_eval, title=title)
+    s = collect.summarize(sweep_dir, rows_key=rows, cols_key=cols, evaluate=not args.no_eval, title=title)
     print(s.report())
     print(f"sweep wall time: {wall:.0f} s ({'batched' if args.batched else 'one job after another'})")
     if dest is not None:

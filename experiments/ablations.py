@@ -10,7 +10,7 @@
 - ``optimizer``: L-BFGS (the paper) vs Adam, same number of iterations (``optim`` group).
 
 Each is ``nstyle-stylize -m experiment=ablation_<name>`` (presets in conf/experiment/) plus
-``python -m nstyle.collect``; this module runs both and publishes
+``nstyle-collect``; this module runs both and publishes
 ``DIR/ablation_<name>.{png,csv,md}``. Debug: ``python -m experiments.ablations all debug=tiny``.
 """
 

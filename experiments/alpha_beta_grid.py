@@ -6,8 +6,8 @@ Rows: α/β ∈ {1e-5, 1e-4, 1e-3, 1e-2} (α = 1, β swept); columns: the style 
 {conv1_1}, {conv1_1, conv2_1}, … {conv1_1 … conv5_1} (w_l = 1/n); content conv4_2.
 The sweep preset is ``conf/experiment/alpha_beta_grid.yaml``; the same grid one job after
 another (or on a cluster) is ``nstyle-stylize -m experiment=alpha_beta_grid [+launcher=slurm]``
-followed by ``python -m nstyle.collect <sweep dir> --rows loss.beta --cols loss.style_layers``.
-``--batched`` optimises the four α/β values of each column as one batch (nstyle.batched).
+followed by ``nstyle-collect <sweep dir> --rows loss.beta --cols loss.style_layers``.
+``--batched`` optimises the four α/β values of each column as one batch (nstyle-sweep).
 
 Writes the jobs and ``summary/`` (grid.png, loss_curves.png, table.csv/.md with final
 content and style loss, LPIPS to the content image, VGG16 Gram distance to the style image,

@@ -27,8 +27,10 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from experiments import _common, _metrics
-from nstyle import figures, images
+from experiments import _common
+from nstyle import images, metrics
+from nstyle.cli import collect, figures
+from nstyle.cli.errors import command
 
 NAME = "content_reconstruction"
 log = logging.getLogger(__name__)
@@ -66,7 +68,6 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
     import jax
 
     dest, original, params = _common.setup(cfg, NAME, out, "original.png")  # original: (H, W, 3)
-    lpips = _common.Lpips(cfg.lpips_net)
 
     key = jax.random.key(cfg.seed)
     rows, recons, curves, histories = [], [], {}, {}
@@ -83,9 +84,9 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
             "content_loss": clipped,
             "content_loss_rel": clipped / hist[0] if len(hist) and hist[0] > 0 else None,
             "content_loss_unclipped": r.final["content"],  # the optimiser's result, its best evaluated iterate (pixels unconstrained)
-            "pixel_mse": _metrics.pixel_mse(r.image, original),
-            "psnr_db": _metrics.psnr(r.image, original),
-            "lpips": lpips(r.image, original),
+            "pixel_mse": metrics.pixel_mse(r.image, original),
+            "psnr_db": metrics.psnr(r.image, original),
+            "lpips": _common.lpips(r.image, original, cfg.lpips_net),
             "iterations": r.iterations,
             "evals": r.evals,
             "wall_time_s": r.wall_s,
@@ -116,8 +117,8 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
     csv_path, md_path = _common.write_table(rows, out, NAME)
     _common.write_metrics(out, {
         "experiment": NAME, "config": _common.dump_config(cfg), "rows": rows, "pixel_mse_rises_with_depth": rising,
-        "image_shape": list(original.shape), "history": _common.to_jsonable(histories),
-    })
+        "image_shape": list(original.shape), "history": histories,
+    }, seed=cfg.seed, params=params)
     published = _common.publish([csv_path, md_path, fig_path, curves_path], dest)
     for p in published:
         log.info("published %s", p)
@@ -125,11 +126,11 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
 
 
 @hydra.main(config_path="conf", config_name=NAME, version_base="1.3")
-@_common.cli_errors
+@command("python -m experiments.content_reconstruction", exits=True)
 def main(cfg) -> None:
     cfg = OmegaConf.to_object(cfg)  # the dataclass: library code never sees a DictConfig
     res = run(cfg, _common.run_dir())
-    print(_common.collect.to_markdown(res["rows"], ["layer", "content_loss", "pixel_mse", "psnr_db", "lpips", "wall_time_s"]))
+    print(collect.to_markdown(res["rows"], ["layer", "content_loss", "pixel_mse", "psnr_db", "lpips", "wall_time_s"]))
     print(f"figure: {res['figure']}")
 
 

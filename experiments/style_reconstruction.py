@@ -30,8 +30,10 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from experiments import _common, _metrics
-from nstyle import figures, images
+from experiments import _common
+from nstyle import images, metrics
+from nstyle.cli import collect, figures
+from nstyle.cli.errors import command
 
 NAME = "style_reconstruction"
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ def style_loss_spec(layers, pooling: str):
 def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
     import jax
 
-    from nstyle import collect, optimize
+    from nstyle import optimize
 
     dest, style, params = _common.setup(cfg, NAME, out, "style.png")  # style: (H, W, 3)
 
@@ -70,8 +72,7 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
     full_targets = optimize.prepare_targets(params, full, None, [style], None, batch=1)
     evaluate = optimize.make_evaluate(full)
     full_w = optimize.loss_weights(full, 1)
-    vgg16 = collect.Evaluator()
-    style_corr = _metrics.correlation_length(style)
+    style_corr = metrics.correlation_length(style)
 
     key = jax.random.key(cfg.seed)
     rows, recons, curves, histories = [], [], {}, {}
@@ -85,7 +86,7 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
             init=cfg.init, key=key, optim=cfg.optim.build()))
         images.save_image(out / f"recon_{k}_{subset[-1]}.png", r.image)
         total, aux = evaluate(jax.numpy.asarray(r.image[None]), params, full_targets, full_w)
-        d16 = vgg16.style_distances(r.image, style)  # Gram distances under an independent network
+        d16 = metrics.style_distances(r.image, style)  # Gram distances under an independent network
         row = {
             "subset": label,
             "deepest": subset[-1],
@@ -96,7 +97,7 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
             "style_loss_unclipped": r.final["style"],
             "style_loss_all": float(np.asarray(aux["style"])[0]),  # mean E_l over all layers
             **{f"E_{l}": float(np.asarray(aux[f"style/{l}"])[0]) for l in cfg.layers},
-            "corr_length_px": _metrics.correlation_length(r.image),
+            "corr_length_px": metrics.correlation_length(r.image),
             "corr_length_style_px": style_corr,
             **{f"vgg16_E_{l}": v for l, v in d16.items()},
             "vgg16_gram_dist": sum(d16.values()) / len(d16),
@@ -131,19 +132,19 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
     _common.write_metrics(out, {
         "experiment": NAME, "config": _common.dump_config(cfg), "rows": rows,
         "all_layer_loss_falls_with_depth": falling, "corr_length_style_px": style_corr,
-        "image_shape": list(style.shape), "history": _common.to_jsonable(histories),
-    })
+        "image_shape": list(style.shape), "history": histories,
+    }, seed=cfg.seed, params=params)
     for p in _common.publish([csv_path, md_path, fig_path, curves_path], dest):
         log.info("published %s", p)
     return {"rows": rows, "falling": falling, "figure": fig_path, "csv": csv_path}
 
 
 @hydra.main(config_path="conf", config_name=NAME, version_base="1.3")
-@_common.cli_errors
+@command("python -m experiments.style_reconstruction", exits=True)
 def main(cfg) -> None:
     cfg = OmegaConf.to_object(cfg)
     res = run(cfg, _common.run_dir())
-    print(_common.collect.to_markdown(res["rows"], ["subset", "style_loss", "style_loss_all", "corr_length_px",
+    print(collect.to_markdown(res["rows"], ["subset", "style_loss", "style_loss_all", "corr_length_px",
                                                     "vgg16_gram_dist", "wall_time_s"]))
     print(f"figure: {res['figure']}")
 

@@ -1,11 +1,10 @@
 """How nstyle compiles its hot loops: XLA options chosen for speed, with a switch to turn them off.
 
 On the CPU, XLA (jaxlib 0.10) runs convolutions as YNNPACK fusions by default. For VGG's
-3×3 convolutions at the sizes style transfer uses, its older Eigen convolutions are faster on
-the 2-core machine this project is measured on: ``benchmarks/bench_loss.py`` times the Gatys
-loss value-and-gradient through VGG19 at 256² about 10–15% faster with Eigen (see
-benchmarks/README.md). The choice is a per-compilation option, so it touches only the
-functions nstyle compiles with :func:`jit`, never the user's own jitted code.
+3×3 convolutions at the sizes style transfer uses, its older Eigen convolutions are faster
+(``benchmarks/bench_loss.py``; figures in benchmarks/README.md). The choice is a
+per-compilation option, so it touches only the functions nstyle compiles with :func:`jit`,
+never the user's own jitted code.
 
 ``NSTYLE_CPU_CONV`` selects it: ``eigen`` (the default) or ``xla`` (XLA's own default, i.e.
 YNNPACK). On other backends the option is inert; a jaxlib that does not know it gets no
@@ -33,7 +32,7 @@ def conv_choice() -> str:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _supported(options: tuple[tuple[str, str], ...]) -> bool:
     """Whether this jaxlib accepts ``options`` (compiles a scalar function once to find out)."""
     try:
@@ -99,16 +98,14 @@ class _LazyJit:
 
 
 XLA_CACHE_ENV = "NSTYLE_XLA_CACHE"
-# Cache every computation that took this long to compile. The targets and init take
-# 0.1–1.0 s each; with JAX's default threshold of 1 s most of them compiled afresh every run
-# (256 px, session 2: targets 1.8 s → 0.7 s warm).
+# Cache every computation that took this long to compile: the targets and init take 0.1–1 s
+# each, under JAX's default threshold of 1 s, and would compile afresh every run.
 MIN_COMPILE_S = 0.1
 
 
 def persistent_cache(path: str | os.PathLike | None = None) -> str | None:
     """Keep compiled XLA executables on disk, so a new process (the next run, each job of a
-    sweep launched in its own process) skips most of its compilation: measured on the 2-core
-    CPU, a 128 px stylisation's set-up and compilation took 9.8 s cold and 2.7 s warm.
+    sweep launched in its own process) skips most of its compilation (benchmarks/STYLIZE.md).
 
     The directory is ``path``, else ``$NSTYLE_XLA_CACHE``, else ``<weight cache>/xla`` (see
     :func:`nstyle.weights.cache_dir`); ``NSTYLE_XLA_CACHE=off`` turns it off. Computations

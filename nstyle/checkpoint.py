@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,27 @@ from typing import Any
 import jax
 import numpy as np
 
-from nstyle.fastnet import flatten
+from nstyle import _io
+from nstyle._errors import UserError
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is unreadable or does not match the run it should resume."""
+
+
+def flatten(tree: Any) -> dict[str, np.ndarray]:
+    """Any pytree -> {'a/b/c': array}, '/'-joining its key path (dict keys, attribute names, indices)."""
+    return {"/".join(_key_name(k) for k in path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
 
 
 def path_for(directory: str | os.PathLike, step: int) -> Path:
@@ -53,36 +66,11 @@ def save(directory: str | os.PathLike, step: int, tree: Any, info: dict | None =
     if "__info__" in arrays:
         raise ValueError("'__info__' is reserved")
     arrays["__info__"] = np.array(json.dumps({"step": int(step), **(info or {})}, sort_keys=True))
-    final = path_for(d, step)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(d)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    final = _io.save_npz(path_for(d, step), arrays)
     if keep > 0:
         for old in all_steps(d)[:-keep]:
             path_for(d, old).unlink(missing_ok=True)
     return final
-
-
-def _fsync_dir(d: Path) -> None:
-    """Make the rename itself durable (POSIX); harmless where directories cannot be opened."""
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:

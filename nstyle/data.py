@@ -21,18 +21,19 @@ import hashlib
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from nstyle import images
+from nstyle._errors import UserError
 
 # every format Pillow reads that nstyle.images handles; other files in the folder are ignored
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The training folder cannot be used (missing, empty of images); the message says the fix."""
 
 
@@ -45,7 +46,7 @@ class ImageFolder:
     ignored: int = 0  # files without an image suffix
 
     @classmethod
-    def scan(cls, root: str | os.PathLike) -> "ImageFolder":
+    def scan(cls, root: str | os.PathLike) -> ImageFolder:
         root_p = Path(root).expanduser()
         if not root_p.is_dir():
             raise DataError(f"data folder '{root}' does not exist or is not a folder; give data=DIR with training photos")

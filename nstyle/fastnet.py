@@ -3,7 +3,7 @@
     cfg = FastNetConfig()                                  # the paper's network
     params = init(cfg, jax.random.key(0))
     y = apply(cfg, params, x)                              # (B, H, W, 3) [0, 1] -> same, H, W % 4 == 0
-    y = stylise(cfg, params, x)                            # any H, W: reflect-pad to a multiple of 4, crop back
+    y = stylize(cfg, params, x)                            # any H, W: reflect-pad to a multiple of 4, crop back
 
 Architecture (Johnson, Alahi, Fei-Fei 2016, supplementary Table 1, with instance norm):
 
@@ -37,6 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax import traverse_util
+
+from nstyle import _io
+from nstyle._errors import UserError
 
 UPSAMPLES = ("nearest", "transpose")
 
@@ -55,13 +59,6 @@ class FastNetConfig:
             raise ValueError(f"width must be >= 1 and blocks >= 0, got width={self.width}, blocks={self.blocks}")
         if self.upsample not in UPSAMPLES:
             raise ValueError(f"unknown upsample '{self.upsample}' (expected one of {', '.join(UPSAMPLES)})")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "FastNetConfig":
-        return cls(**json.loads(text))
 
 
 def _reflect(x: jax.Array, pad: int) -> jax.Array:
@@ -154,7 +151,7 @@ def apply(cfg: FastNetConfig, params: Any, images: jax.Array) -> jax.Array:
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be (B, H, W, 3) RGB, got shape {tuple(images.shape)}")
     if images.shape[1] % 4 or images.shape[2] % 4:
-        raise ValueError(f"H and W must be multiples of 4 (two stride-2 stages), got {images.shape[1:3]}; use stylise()")
+        raise ValueError(f"H and W must be multiples of 4 (two stride-2 stages), got {images.shape[1:3]}; use stylize()")
     return FastNet(cfg).apply({"params": params}, images)
 
 
@@ -168,7 +165,7 @@ def pad_to_multiple(images: jax.Array, multiple: int = 4) -> tuple[jax.Array, tu
     return padded, (h, w)
 
 
-def stylise(cfg: FastNetConfig, params: Any, images: jax.Array) -> jax.Array:
+def stylize(cfg: FastNetConfig, params: Any, images: jax.Array) -> jax.Array:
     """Any (B, H, W, 3) in [0, 1] -> (B, H, W, 3): pad to a multiple of 4 by reflection, run, crop back."""
     padded, (h, w) = pad_to_multiple(images, 4)
     ph, pw = padded.shape[1] - h, padded.shape[2] - w
@@ -186,34 +183,7 @@ MODEL_FORMAT = "nstyle-fastnet"
 MODEL_VERSION = 1
 
 
-def flatten(tree: Any) -> dict[str, np.ndarray]:
-    """Pytree -> {'a/b/c': array} with '/'-joined key paths (dict keys, attribute names, indices)."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        out["/".join(_key_name(k) for k in path)] = np.asarray(leaf)
-    return out
-
-
-def _key_name(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def unflatten(flat: dict[str, np.ndarray]) -> dict:
-    """{'a/b/c': array} -> nested dicts (the inverse of :func:`flatten` for dict trees)."""
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        parts = key.split("/")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return tree
-
-
-class ModelFileError(ValueError):
+class ModelFileError(UserError, ValueError):
     """The file is missing, unreadable or not an exported nstyle FastNet model."""
 
 
@@ -223,13 +193,11 @@ def export_model(path, cfg: FastNetConfig, params: Any, meta: dict | None = None
     The file holds ``params/<path>`` arrays and a ``__model__`` JSON string with the format
     name, version, :class:`FastNetConfig` and ``meta`` (free-form: style image, steps, ...).
     """
-    from nstyle.weights import save_npz_atomic
-    from pathlib import Path
-
     header = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "fastnet": dataclasses.asdict(cfg), "meta": meta or {}}
-    arrays = {f"params/{k}": v for k, v in flatten(params).items()}
+    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+    arrays = {f"params/{k}": np.asarray(v) for k, v in flat.items()}
     arrays["__model__"] = np.array(json.dumps(header, sort_keys=True))
-    save_npz_atomic(Path(path), arrays)
+    _io.save_npz(path, arrays)
 
 
 def load_model(path) -> tuple[FastNetConfig, dict, dict]:
@@ -256,7 +224,7 @@ def load_model(path) -> tuple[FastNetConfig, dict, dict]:
     if int(header.get("version", 0)) > MODEL_VERSION:
         raise ModelFileError(f"{path}: model format version {header.get('version')} is newer than this nstyle ({MODEL_VERSION}); upgrade nstyle")
     cfg = FastNetConfig(**header["fastnet"])
-    params = jax.tree_util.tree_map(jnp.asarray, unflatten(flat))
+    params = jax.tree_util.tree_map(jnp.asarray, traverse_util.unflatten_dict(flat, sep="/"))
     # a wrong-shaped tree fails here, with the names, not deep inside a convolution
     want = jax.tree_util.tree_map(np.shape, jax.eval_shape(lambda: init(cfg, jax.random.key(0))))
     got = jax.tree_util.tree_map(np.shape, params)

@@ -1,4 +1,4 @@
-"""Reading, resizing and writing images; built-in demo images; memory estimates for VGG.
+"""Reading, resizing and writing images; built-in demo images.
 
     img = nstyle.images.load_image("builtin:chelsea", max_side=256)  # (H, W, 3) float32 in [0, 1]
     nstyle.images.save_image("out/result.png", img)                  # atomic write
@@ -16,14 +16,16 @@ downscale. Lanczos rings slightly past the input range, so the result is clipped
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
+from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nstyle import _io
+from nstyle._errors import UserError
 
 BUILTIN_PREFIX = "builtin:"
 RESAMPLE = Image.Resampling.LANCZOS
@@ -74,7 +76,7 @@ def _builtin_table() -> dict[str, str]:
 BUILTIN: dict[str, str] = _builtin_table()
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """A user-facing problem with an image file; the message is one line with the fix."""
 
 
@@ -239,7 +241,7 @@ def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32)  # (h, w, C)
 
 
-def _longest_shape(hw: tuple[int, int], side: int) -> tuple[int, int]:
+def longest_shape(hw: tuple[int, int], side: int) -> tuple[int, int]:
     h, w = hw
     s = side / max(h, w)
     return (max(1, round(h * s)), max(1, round(w * s)))
@@ -247,7 +249,7 @@ def _longest_shape(hw: tuple[int, int], side: int) -> tuple[int, int]:
 
 def resize_longest(image: np.ndarray, side: int) -> np.ndarray:
     """Resize so the longest side is ``side`` px, aspect ratio kept (shorter side rounded)."""
-    return resize(image, _longest_shape(image.shape[:2], int(side)))
+    return resize(image, longest_shape(image.shape[:2], int(side)))
 
 
 def scale_to(image: np.ndarray, scale: float) -> np.ndarray:
@@ -261,7 +263,7 @@ def scale_to(image: np.ndarray, scale: float) -> np.ndarray:
 # ---------------------------------------------------------------------------- saving
 
 
-def _format_for(path: Path) -> str:
+def format_for(path: Path) -> str:
     ext = path.suffix.lower()
     fmt = Image.registered_extensions().get(ext)
     if fmt is None or fmt not in Image.SAVE:
@@ -280,7 +282,8 @@ def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = 
     The format follows the extension (PNG for ``.png``; JPEG at quality 95). The data goes to
     a hidden temporary file in the same folder which is then renamed over ``path``, so readers
     never see half a file; parent folders are created. With ``overwrite=False`` an existing
-    ``path`` raises :class:`FileExistsError` instead.
+    ``path`` raises :class:`FileExistsError` instead (also when another process creates it
+    during the write).
     """
     path = Path(path)
     arr = np.asarray(image)
@@ -290,30 +293,31 @@ def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = 
         raise ValueError(f"save_image expects (H, W, 3) RGB, got shape {np.shape(image)}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: refusing to save an image containing NaN or infinity")
-    fmt = _format_for(path)
+    fmt = format_for(path)
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: already exists; choose another name or allow overwriting")
-    path.parent.mkdir(parents=True, exist_ok=True)
     pil = Image.fromarray(to_uint8(arr), mode="RGB")
     kwargs = {"quality": 95} if fmt == "JPEG" else {}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=fmt, **kwargs)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _io.atomic_write(path, lambda f: pil.save(f, format=fmt, **kwargs), overwrite=overwrite)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
+    """Rows of (h, w, 3) images -> one (H, W, 3) image, white between and around short rows."""
+    strips = []
+    for row in rows:
+        h = max(im.shape[0] for im in row)
+        parts = []
+        for im in row:
+            canvas = np.ones((h, im.shape[1], 3), np.float32)
+            canvas[: im.shape[0]] = im
+            parts += [canvas, np.ones((h, pad, 3), np.float32)]
+        strips.append(np.concatenate(parts[:-1], axis=1))
+    width = max(s.shape[1] for s in strips)
+    out = []
+    for s in strips:
+        out += [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=1.0),
+                np.ones((pad, width, 3), np.float32)]
+    return np.concatenate(out[:-1], axis=0)
 
 
 # ---------------------------------------------------------------------------- batches
@@ -356,97 +360,3 @@ def check_size(shape: Sequence[int], min_side: int, name: str = "image") -> None
             f"{name}: {w}×{h} px is too small for the deepest layer used, which needs at least "
             f"{min_side} px per side; use a larger image or a larger max_side"
         )
-
-
-# Peak memory of value_and_grad of the loss, in units of "every stage's output once": XLA keeps
-# each rectified output for the backward pass and holds cotangents of the same sizes while it
-# runs back. XLA's own memory analysis of the Gatys loss gradient on CPU gives 1.72–1.79 (128 to
-# 512 px, VGG19, conv1_1…conv5_1 + conv4_2); 3 leaves room for the optimiser state, the target
-# features and GPU convolution workspaces, so a size that passes the check does run.
-BACKWARD_FACTOR = 3.0
-
-
-def _stage_elements(h: int, w: int, layers: Iterable[str], arch: str) -> list[int]:
-    """Values (H·W·C per image) of the input and of each stage up to the deepest layer."""
-    from nstyle import vgg
-    from nstyle.weights import conv_shape
-
-    last = vgg.deepest(layers, arch)
-    c = 3
-    sizes = [h * w * c]  # the input image
-    for stage in vgg._order(arch):
-        if stage.startswith("pool"):
-            h, w = h // 2, w // 2  # (h/2, w/2, C): VALID 2×2 pooling floors odd sides
-        else:
-            c = conv_shape(stage)[-1]  # 'same' conv: (h, w, C_out)
-        sizes.append(h * w * c)
-        if stage == last:
-            break
-    return sizes
-
-
-def estimate_activation_bytes(h: int, w: int, layers: Iterable[str], arch: str = "vgg19", batch: int = 1) -> int:
-    """Rough peak memory of a VGG forward+backward pass up to the deepest of ``layers``.
-
-    Sum over the input and every conv/pool output of H·W·C float32 values (4 bytes each),
-    times ``BACKWARD_FACTOR`` (3: stored activations, their gradients, and headroom; XLA
-    measures about 1.75) and the batch size. Weights (≈80 MB for the VGG19 convs) are not
-    included.
-    """
-    elems = sum(_stage_elements(int(h), int(w), layers, arch))
-    return int(elems * 4 * BACKWARD_FACTOR * int(batch))
-
-
-def available_memory_bytes() -> int:
-    """Memory the process could still use: the accelerator's free memory when jax runs on
-    one, else ``MemAvailable`` from ``/proc/meminfo`` (falling back to total physical memory).
-    """
-    try:
-        import jax
-
-        dev = jax.devices()[0]
-        if dev.platform != "cpu":
-            stats = dev.memory_stats() or {}
-            if "bytes_limit" in stats:
-                return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    except Exception:  # noqa: BLE001 -- no jax backend: fall through to host memory
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # kB -> bytes
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def max_side_that_fits(budget_bytes: int, aspect: float, layers: Iterable[str], arch: str = "vgg19", batch: int = 1) -> int:
-    """Largest longest-side (px) whose estimated activations fit in ``budget_bytes``.
-
-    ``aspect`` is width / height of the image. Returns 0 if not even the smallest useful
-    size (:func:`nstyle.vgg.min_size`) fits.
-    """
-    from nstyle import vgg
-
-    layers = tuple(layers)
-    if not aspect > 0:
-        raise ValueError(f"aspect must be width/height > 0, got {aspect}")
-
-    def fits(side: int) -> bool:
-        h, w = _longest_shape((1.0, float(aspect)), side)
-        return estimate_activation_bytes(h, w, layers, arch, batch) <= budget_bytes
-
-    lo, hi = 0, max(1, vgg.min_size(layers, arch))
-    if not fits(hi):
-        return 0
-    while fits(hi * 2):  # bytes grow like side², so this doubles only a few dozen times at most
-        hi *= 2
-    lo, hi = hi, hi * 2  # fits(lo), not fits(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo

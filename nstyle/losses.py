@@ -19,10 +19,12 @@ when they do not (style scale, several style images) — and keeps float32 sums 
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nstyle import vgg
 
@@ -53,9 +55,9 @@ def style_layer_loss(features: jax.Array, target_mean_gram: jax.Array) -> jax.Ar
 
     Its gradient is METHOD.md's analytic one, written out (a ``jax.custom_vjp``):
     ∂E/∂F = 1/(N² M) · F (G/M − Â)_sym, one (M × N)·(N × N) product per image, where autodiff
-    of the Gram matrix gives two products and a transpose (about 50 ms of a 750 ms VGG19
-    value-and-gradient at 256² on the CPU). ``_style_layer_loss_autodiff`` is the same value
-    left to autodiff; the tests check the two gradients agree. Reverse mode only: no jvp.
+    of the Gram matrix gives two products and a transpose. ``_style_layer_loss_autodiff`` is
+    the same value left to autodiff; the tests check the two gradients agree. Reverse mode
+    only: no jvp.
     """
     return _style_layer_loss(features, target_mean_gram)
 
@@ -160,27 +162,39 @@ def content_targets(params: vgg.VGGParams, content: jax.Array, loss: PerceptualL
     return vgg.features(params, content, loss.content_layers, loss.pooling)
 
 
-def style_targets(params: vgg.VGGParams, styles: Sequence[jax.Array], loss: PerceptualLoss,
-                  blend: Sequence[float] | None = None) -> dict:
-    """{layer: Â} for one or several style images, blended by ``blend`` (normalised to sum 1).
+def blend_weights(blend: Sequence[float] | None, n: int) -> np.ndarray:
+    """Style-blend weights for ``n`` style images, checked and normalised to sum 1: (n,) float32.
 
-    Each style image may have its own size (style scale); each is (1, H_s, W_s, 3).
-    Blending mean Gram matrices gives the same gradient as the blend of the per-image losses.
+    ``None`` gives equal weights. Raises ``ValueError`` for a count mismatch, a negative or
+    non-finite weight, or weights that are all zero.
+    """
+    if blend is None:
+        return np.full((n,), 1.0 / n, np.float32)
+    b = np.asarray(blend, np.float64).reshape(-1)
+    if b.shape != (n,):
+        raise ValueError(f"{n} style images but {b.size} blend weights")
+    if not np.all(np.isfinite(b)) or np.any(b < 0) or not b.sum() > 0:
+        raise ValueError(f"style blend weights must be finite, >= 0 and not all zero, got {list(blend)}")
+    return (b / b.sum()).astype(np.float32)
+
+
+def style_targets(params: vgg.VGGParams, styles: Sequence[jax.Array], loss: PerceptualLoss,
+                  blend: jax.Array | np.ndarray | None = None) -> dict:
+    """{layer: Σ_k blend_k Â_k (1, N, N)}: the blended mean Gram matrices of the style image(s).
+
+    ``styles`` are (1, H_k, W_k, 3), each at its own size (style scale); ``blend`` holds one
+    weight per image (default equal), normalised by :func:`blend_weights`; inside a trace it
+    is used as given, already normalised. Blending mean Gram matrices gives the same gradient
+    as the blend of the per-image losses. Jittable (one VGG pass per image).
     """
     if not loss.uses_style:
         return {}
-    if blend is None:
-        blend = [1.0] * len(styles)
-    if len(blend) != len(styles):
-        raise ValueError(f"{len(styles)} style images but {len(blend)} blend weights")
-    if any(b < 0 for b in blend) or sum(blend) <= 0:
-        raise ValueError(f"style blend weights must be >= 0 and not all zero, got {list(blend)}")
-    total = float(sum(blend))
+    w = blend if isinstance(blend, jax.core.Tracer) else blend_weights(blend, len(styles))
     out: dict = {}
-    for img, b in zip(styles, blend):
-        feats = vgg.features(params, img, loss.style_layers, loss.pooling)
+    for k, image in enumerate(styles):
+        feats = vgg.features(params, image, loss.style_layers, loss.pooling)
         for layer in loss.style_layers:
-            g = mean_gram(feats[layer]) * (b / total)  # (1, N, N)
+            g = w[k] * mean_gram(feats[layer])  # (1, N, N)
             out[layer] = g if layer not in out else out[layer] + g
     return out
 

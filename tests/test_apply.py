@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from nstyle import apply, fastnet, images
+from nstyle import fastnet, images
+from nstyle.cli import apply
 
 ROOT = Path(__file__).resolve().parent.parent
 NET = fastnet.FastNetConfig(width=4, blocks=1)
@@ -38,7 +39,7 @@ def test_one_image_any_size_with_metadata(tmp_path, model, photo):
     result = images.load_image(out)
     assert result.shape == img.shape
     # the written result is the network's output (to 8-bit rounding)
-    want = np.asarray(fastnet.stylise(NET, model[1], images.load_image(src)[None]))[0]  # the 8-bit file as read
+    want = np.asarray(fastnet.stylize(NET, model[1], images.load_image(src)[None]))[0]  # the 8-bit file as read
     np.testing.assert_allclose(result, want, atol=1 / 255 + 1e-6)
     meta = json.loads((tmp_path / "cat_styled.png.json").read_text())
     assert meta["checkpoint"] == "ckpt_00000040.npz" and meta["model"] == str(model[0].resolve())
@@ -84,7 +85,7 @@ def test_refusals(tmp_path, model, photo, capsys):
 
 def test_console_script_exit_code_and_no_traceback(tmp_path, photo):
     src, _ = photo
-    r = subprocess.run([sys.executable, "-c", "import sys; from nstyle.apply import main; sys.exit(main())",
+    r = subprocess.run([sys.executable, "-c", "import sys; from nstyle.cli.apply import main; sys.exit(main())",
                         f"model={tmp_path / 'missing.npz'}", f"input={src}", f"output={tmp_path / 'o.png'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from nstyle import collect, images
+from nstyle import images
+from nstyle.cli import collect, jobs
 
 
 def _job(sweep: Path, overrides: dict, num: int, *, status: dict | None = None, metrics: dict | str | None = None,
@@ -25,7 +26,7 @@ def _job(sweep: Path, overrides: dict, num: int, *, status: dict | None = None, 
     (d / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    name: stylize\n    id: '{num}'\n    num: {num}\n")
     (d / ".hydra" / "config.yaml").write_text("content: builtin:chelsea\nstyle: builtin:brick\nsize: 32\n")
     if status is not None:
-        (d / collect.STATUS_FILE).write_text(json.dumps(status))
+        (d / jobs.STATUS_FILE).write_text(json.dumps(status))
     if metrics is not None:
         (d / collect.METRICS_FILE).write_text(metrics if isinstance(metrics, str) else json.dumps(metrics))
     if result:
@@ -84,7 +85,7 @@ def test_collect_writes_table_grid_and_curves_without_dropping_good_jobs(sweep: 
     import shutil
 
     shutil.rmtree(sweep / "tmp")
-    s = collect.collect(sweep, evaluate=False)
+    s = collect.summarize(sweep, evaluate=False)
     assert s.counts == {"completed": 2, "failed": 2, "died": 1, "running": 0, "pending": 1}
     with open(s.files["csv"]) as f:
         rows = list(csv.DictReader(f))
@@ -118,7 +119,7 @@ def test_collect_cli_bad_input_is_one_line(tmp_path: Path, capsys, sweep: Path):
 
 
 def test_empty_sweep_dir_reports_no_jobs(tmp_path: Path):
-    s = collect.collect(tmp_path, evaluate=False)
+    s = collect.summarize(tmp_path, evaluate=False)
     assert s.jobs == [] and (tmp_path / "summary" / "status.txt").exists()
 
 

@@ -14,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import nstyle
 from nstyle import images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,9 +91,11 @@ def test_reconstruction_bad_input_is_one_line(tmp_path: Path):
     cfg = _compose(exp.NAME, ["debug=tiny", "layers=[conv1_2,conv9_9]"])
     with pytest.raises(_common.ExperimentError, match="unknown vgg19 layer 'conv9_9'"):
         exp.run(cfg, tmp_path)
-    cfg = _compose(exp.NAME, ["debug=tiny", "optim.name=sgd"])
-    with pytest.raises(_common.ExperimentError, match="unknown optimiser 'sgd'"):
+    cfg = _compose(exp.NAME, ["debug=tiny", "optim.memory=0"])
+    with pytest.raises(nstyle.UserError, match="L-BFGS memory must be >= 1"):
         exp.run(cfg, tmp_path)
+    with pytest.raises(Exception, match="sgd"):
+        _compose(exp.NAME, ["optim.name=sgd"])  # not an optimiser the schema knows
     with pytest.raises(Exception, match="sise"):
         _compose(exp.NAME, ["sise=64"])  # the schema refuses a misspelt key
     with pytest.raises(Exception, match="size"):
@@ -100,7 +103,7 @@ def test_reconstruction_bad_input_is_one_line(tmp_path: Path):
 
 
 def test_correlation_length_measures_structure_size():
-    from experiments import _metrics
+    from nstyle import metrics as _metrics
 
     rng = np.random.default_rng(0)
     noise = rng.random((96, 96, 3))
@@ -118,7 +121,7 @@ SWEEPS = ["alpha_beta_grid", "ablation_pooling", "ablation_content_layer", "abla
 
 
 def _compose_stylize(overrides: list[str]):
-    from nstyle import config as config_mod
+    from nstyle.cli import schema as config_mod
 
     config_mod.register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -127,18 +130,19 @@ def _compose_stylize(overrides: list[str]):
 
 @pytest.mark.parametrize("name", SWEEPS)
 def test_sweep_presets_compose_and_expand(name: str):
-    from nstyle import batched, config as config_mod
+    from nstyle.cli import sweep as batched
+    from nstyle.cli import schema as config_mod
 
     cfg = _compose_stylize([f"experiment={name}"])
     assert str(cfg.hydra.sweep.dir).startswith(f"multirun/{name}/")
     assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${nstyle_dirname:${hydra.job.override_dirname}}"
-    assert cfg.hydra.callbacks.job_status._target_ == "nstyle.collect.JobStatusCallback"
+    assert cfg.hydra.callbacks.job_status._target_ == "nstyle.cli.jobs.JobStatusCallback"
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     fixed, sweeps = batched.split_sweep([], params)
     members = batched.expand(sweeps)
     for m in members:  # every job of the sweep is a valid run
         job = batched.task_config(_compose_stylize([f"experiment={name}", *m.overrides]))
-        config_mod.to_library(job)
+        config_mod.stylize_settings(job)
     if name == "alpha_beta_grid":
         assert len(members) == 20
         groups = batched.group_members(members)
@@ -150,7 +154,7 @@ def test_sweep_presets_compose_and_expand(name: str):
 
 
 def test_command_line_sweep_replaces_the_preset():
-    from nstyle import batched
+    from nstyle.cli import sweep as batched
 
     fixed, sweeps = batched.split_sweep(["loss.beta=1,2", "size=32"], {"loss.beta": "1e5,1e4,1e3", "init": "noise,content"})
     assert fixed == ["size=32"]
@@ -181,33 +185,35 @@ def test_joblib_launcher_runs_two_jobs_and_collector_reads_them(tmp_path: Path):
     import subprocess
     import sys
 
-    from nstyle import collect
+    from nstyle.cli import collect, jobs
 
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "nstyle.stylize", "-m", "experiment=ablation_optimizer", "+launcher=joblib",
+    cmd = [sys.executable, "-m", "nstyle.cli.stylize", "-m", "experiment=ablation_optimizer", "+launcher=joblib",
            f"hydra.sweep.dir={sweep}", *TINY]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Joblib" in r.stdout + r.stderr  # it went through the joblib launcher
     names = sorted(p.name for p in sweep.iterdir() if p.is_dir())  # one dir per job, named by its overrides
     assert len(names) == 2 and "optim=adam" in names[0] and "optim=lbfgs" in names[1]
-    s = collect.collect(sweep, cols_key="optim")
+    s = collect.summarize(sweep, cols_key="optim")
     assert s.counts["completed"] == 2 and s.counts["pending"] == 0
     for row in s.rows:
         assert row["content_loss"] > 0 and row["style_loss"] > 0 and row["wall_time_s"] > 0
         assert 0 <= row["lpips_content"] < 1 and row["style_distance"] > 0
     for j in s.jobs:  # the callback of the preset marked them
-        assert json.loads((j.path / collect.STATUS_FILE).read_text())["status"] == "completed"
+        assert json.loads((j.path / jobs.STATUS_FILE).read_text())["status"] == "completed"
 
 
 @pytest.mark.slow
 def test_batched_sweep_matches_one_by_one(tmp_path: Path):
-    from nstyle import batched, collect, config as config_mod, stylize
+    from nstyle.cli import collect, stylize
+    from nstyle.cli import sweep as batched
+    from nstyle.cli import schema as config_mod
 
     sweep = tmp_path / "sweep"
     argv = ["experiment=alpha_beta_grid", f"hydra.sweep.dir={sweep}", *TINY, "loss.beta=1e2,1e4"]
     assert batched.main(argv) == 0
-    s = collect.collect(sweep, evaluate=False)
+    s = collect.summarize(sweep, evaluate=False)
     assert s.counts["completed"] == 2
     assert [j.overrides["loss.beta"] for j in s.jobs] == ["100.0", "10000.0"]
     assert s.jobs[0].name.startswith("loss.beta=100.0,")  # named by the overrides, as a multirun names them
@@ -215,7 +221,7 @@ def test_batched_sweep_matches_one_by_one(tmp_path: Path):
     assert m["batch"] == 2 and len(m["history"]["loss"]) == 3
     # the member's result is the result of running it alone with nstyle-stylize
     cfg = batched.task_config(_compose_stylize(["experiment=alpha_beta_grid", *TINY, "loss.beta=1e4"]))
-    alone = stylize.run(config_mod.to_library(cfg), tmp_path / "alone")
+    alone = stylize.run(config_mod.stylize_settings(cfg), tmp_path / "alone")
     a = images.load_image(tmp_path / "alone" / "result.png")
     b = images.load_image(s.jobs[1].path / "result.png")
     assert np.abs(a - b).max() <= 2 / 255

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import traverse_util
+
 from nstyle import fastnet
 
 
@@ -78,7 +80,7 @@ def test_images_in_a_batch_are_independent(tiny_params):
 @pytest.mark.parametrize("shape", [(37, 50), (5, 9), (64, 48)])
 def test_stylise_any_size_crops_back(tiny_params, shape):
     x = jax.random.uniform(jax.random.key(3), (1, *shape, 3))
-    y = fastnet.stylise(TINY, tiny_params, x)
+    y = fastnet.stylize(TINY, tiny_params, x)
     assert y.shape == x.shape
     if shape[0] % 4 == 0 and shape[1] % 4 == 0:  # nothing to pad: identical to the plain network
         np.testing.assert_array_equal(y, fastnet.apply(TINY, tiny_params, x))
@@ -93,7 +95,7 @@ def test_pad_to_multiple_reflects():
 
 
 def test_jitted_stylise_does_not_recompile(tiny_params):
-    f = jax.jit(lambda p, x: fastnet.stylise(TINY, p, x))
+    f = jax.jit(lambda p, x: fastnet.stylize(TINY, p, x))
     x = jnp.ones((1, 30, 30, 3)) * 0.4
     f(tiny_params, x)
     f(tiny_params, x * 0.5)
@@ -116,7 +118,8 @@ def test_export_and_load_round_trip(tmp_path, tiny_params):
 def test_load_rejects_files_that_are_not_models(tmp_path, tiny_params):
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     (tmp_path / "text.npz").write_text("hello")
-    bad = {f"params/{k}": v for k, v in fastnet.flatten(tiny_params).items() if "Residual" not in k}
+    bad = {f"params/{k}": np.asarray(v) for k, v in traverse_util.flatten_dict(tiny_params, sep="/").items()
+           if "Residual" not in k}
     header = {"format": fastnet.MODEL_FORMAT, "version": 1, "fastnet": {"width": 4, "blocks": 1}, "meta": {}}
     np.savez(tmp_path / "damaged.npz", __model__=np.array(json.dumps(header)), **bad)
     for name, words in [("other.npz", "not an nstyle"), ("text.npz", "not a readable"), ("missing.npz", "no such"),

@@ -187,7 +187,7 @@ def test_init_options(vgg19, tiny):
     x = optimize.initial_images("style", shape, 1, key, content=tiny["content"], styles=[tiny["style"]])
     assert x.shape == (1,) + tiny["content"].shape
     n = optimize.initial_images("noise", shape, 3, key)
-    assert n.shape == (3,) + tiny["content"].shape and 0 <= float(n.min()) and float(n.max()) <= 1
+    assert n.shape == (3,) + tiny["content"].shape and float(n.min()) >= 0 and float(n.max()) <= 1
     assert not np.array_equal(np.asarray(n[0]), np.asarray(n[1]))  # a different draw per image
     c = optimize.initial_images("content", shape, 2, key, content=tiny["content"])
     np.testing.assert_array_equal(np.asarray(c[1]), tiny["content"])

@@ -58,7 +58,7 @@ def test_every_conv_layer_matches_torch_reference(ref, responses, arch, pooling)
     for i, layer in enumerate(layers):
         f = got[layer]  # (B, h, w, C)
         b, h, w, c = f.shape
-        assert (b, h, c) == (2, 64 >> int(layer[4]) - 1, weights.conv_shape(layer)[-1])
+        assert (b, h, c) == (2, 64 >> int(layer[4]) - 1, vgg.conv_shape(layer)[-1])
         mean, std = ref[p + "/mean_std"][i]
         scale = float(std)  # responses are O(std); relu zeros make a relative error per value meaningless
         assert scale > 0

@@ -18,7 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 
-from nstyle import color, config, images, stylize
+from nstyle import color, images
+from nstyle.cli import app, schema, stylize
 
 SCRIPT = str(Path(sys.executable).parent / "nstyle-stylize")
 
@@ -29,8 +30,8 @@ def cli(*args, timeout=600):
 
 
 def compose_cfg(*overrides, out_dir=None):
-    config.register()
-    with initialize_config_dir(config_dir=str(stylize.CONF_DIR), version_base="1.3"):
+    schema.register()
+    with initialize_config_dir(config_dir=str(app.conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
     if out_dir is not None:
         with open_dict(cfg):
@@ -143,8 +144,8 @@ def test_every_config_composes():
     for group, names in (("experiment", ["demo_texture", "demo_content_only"]), ("optim", ["adam", "lbfgs"]),
                          ("network", ["vgg16", "vgg19"]), ("debug", ["tiny"])):
         for name in names:
-            config.to_library(_without_hydra(compose_cfg(f"{group}={name}")))
-    s = config.to_library(_without_hydra(compose_cfg()))
+            schema.stylize_settings(_without_hydra(compose_cfg(f"{group}={name}")))
+    s = schema.stylize_settings(_without_hydra(compose_cfg()))
     assert s.loss.alpha / s.loss.beta == pytest.approx(1e-3)  # the paper's α/β
     assert s.loss.content_layers == ("conv4_2",) and s.loss.style_weights == (0.2,) * 5
     assert s.loss.pooling == "avg" and s.optim.name == "lbfgs" and s.init == "content"
@@ -216,8 +217,8 @@ def broken_files(tmp_path):
     (["size=4000", "max_memory_gb=1"], "would fit"),
     (["loss.style_layers=[conv1_1,conv9_9]"], "conv9_9"),
     (["loss.content_layers=[fc7]"], "fc7"),
-    (["loss.beta=-1"], "beta must be >= 0"),
-    (["loss.style_weights=[1,1,1,1,-1]"], "style weight must be >= 0"),
+    (["loss.beta=-1"], "loss.beta must be a finite number >= 0, got -1"),
+    (["loss.style_weights=[1,1,1,1,-1]"], "loss.style_weights[4] must be a finite number >= 0"),
     (["style=[builtin:ihc,builtin:coffee]", "style_blend=[1,-1]"], "style_blend"),
     (["loss.alpha=0", "loss.beta=0"], "nothing to optimise"),
     (["content=null"], "no content image"),

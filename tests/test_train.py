@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -23,7 +22,7 @@ from PIL import Image
 from nstyle import checkpoint, data, fastnet, images, losses, train, vgg, weights
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = [sys.executable, "-c", "from nstyle.train import main; main()"]
+TRAIN = [sys.executable, "-c", "from nstyle.cli.train import main; main()"]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +73,7 @@ def test_batches_are_a_pure_function_of_seed_and_position(photo_dir):
     stream = data.Batches(folder, size=24, batch=2, seed=3)
     first = [stream.next_batch() for _ in range(7)]  # 14 samples: crosses two epochs of 6 files
     assert first[0].shape == (2, 24, 24, 3) and first[0].dtype == np.float32
-    assert 0.0 <= first[0].min() and first[0].max() <= 1.0
+    assert first[0].min() >= 0.0 and first[0].max() <= 1.0
     resumed = data.Batches(folder, size=24, batch=2, seed=3, start=5 * 2)  # resume at step 5
     np.testing.assert_array_equal(resumed.next_batch(), first[5])
     np.testing.assert_array_equal(resumed.next_batch(), first[6])
@@ -156,7 +155,7 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
 def test_mse_unit_weights_equal_the_pytorch_formulation():
     """perceptual_loss_for turns MSE weights into METHOD.md sums: check against numpy MSEs."""
     params = weights.load("vgg16")
-    cfg = train.LossConfig(content_weight=3.0, style_weight=7.0, tv_weight=2.0)
+    cfg = train.TrainLoss(content_weight=3.0, style_weight=7.0, tv_weight=2.0)
     loss, _ = train.perceptual_loss_for(cfg, 32, params)
     k = jax.random.split(jax.random.key(0), 3)
     x, y, s = (jax.random.uniform(kk, (1, 32, 32, 3)) for kk in k)
@@ -249,7 +248,7 @@ TWO_DEVICES = textwrap.dedent("""
     from nstyle import fastnet, losses, train, weights
     assert jax.device_count() == 2, jax.devices()
     vp = weights.load("vgg16")
-    loss, _ = train.perceptual_loss_for(train.LossConfig(tv_weight=10.0), 32, vp)
+    loss, _ = train.perceptual_loss_for(train.TrainLoss(tv_weight=10.0), 32, vp)
     style = losses.style_targets(vp, [jax.random.uniform(jax.random.key(9), (1, 40, 40, 3))], loss)
     net, opt = fastnet.FastNetConfig(width=4, blocks=1), optax.adam(1e-3)
     batch = np.asarray(jax.random.uniform(jax.random.key(1), (4, 32, 32, 3)))

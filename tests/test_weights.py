@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nstyle import weights
+from nstyle import vgg, weights
+from nstyle.cli import weights as weights_cli
 from nstyle._unpickle import WeightFileError, read_numpy_pickle, read_torch, read_torch_legacy, read_torch_zip
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -210,8 +211,8 @@ def _torchvision_vgg19(rng):
     """
     storages = {"0": rng.random(512 * 512 * 9, np.float32) - 0.5, "1": rng.random(16 * 512, np.float32) - 0.5}
     tensors = {}
-    for n, (layer, i) in enumerate(zip(weights.VGG19_LAYERS, weights.TORCHVISION_VGG19_CONV_INDEX)):
-        kh, kw, cin, cout = weights.conv_shape(layer)
+    for n, (layer, i) in enumerate(zip(vgg.VGG19_LAYERS, weights.TORCHVISION_VGG19_CONV_INDEX)):
+        kh, kw, cin, cout = vgg.conv_shape(layer)
         tensors[f"features.{i}.weight"] = T("0", 0, (cout, cin, kh, kw))
         tensors[f"features.{i}.bias"] = T("1", 512 * n, (cout,))
     return tensors, storages
@@ -231,8 +232,8 @@ def test_convert_torchvision_vgg19(tmp_path, fmt):
     arrays, meta, _ = weights.load_arrays(out)
     assert meta["arch"] == "vgg19" and meta["preprocessing"] == "torchvision"
     assert meta["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
-    for n, layer in enumerate(weights.VGG19_LAYERS):
-        kh, kw, cin, cout = weights.conv_shape(layer)
+    for n, layer in enumerate(vgg.VGG19_LAYERS):
+        kh, kw, cin, cout = vgg.conv_shape(layer)
         oihw = storages["0"][: cout * cin * 9].reshape(cout, cin, kh, kw)
         np.testing.assert_array_equal(arrays[f"{layer}/kernel"], oihw.transpose(2, 3, 1, 0))  # HWIO
         np.testing.assert_array_equal(arrays[f"{layer}/bias"], storages["1"][512 * n: 512 * n + cout])
@@ -264,14 +265,14 @@ def test_convert_keras_vgg19_h5(tmp_path, naming):
     rng = np.random.default_rng(2)
     corners, biases = {}, {}
     with h5py.File(src, "w") as f:
-        f.attrs["layer_names"] = [b"input_1"] + [f"block{l[4]}_conv{l[6]}".encode() for l in weights.VGG19_LAYERS]
+        f.attrs["layer_names"] = [b"input_1"] + [f"block{l[4]}_conv{l[6]}".encode() for l in vgg.VGG19_LAYERS]
         f.create_group("input_1").attrs["weight_names"] = []
-        for n, layer in enumerate(weights.VGG19_LAYERS):
+        for n, layer in enumerate(vgg.VGG19_LAYERS):
             k = f"block{layer[4]}_conv{layer[6]}"
             names = [f"{k}_W_1:0", f"{k}_b_1:0"] if naming == "original" else [f"{k}/kernel:0", f"{k}/bias:0"]
             g = f.create_group(k)
             g.attrs["weight_names"] = [s.encode() for s in names]
-            shape = weights.conv_shape(layer)
+            shape = vgg.conv_shape(layer)
             # chunked, so only the written chunk takes space; the rest reads as the fill value
             kernel = g.create_dataset(names[0], shape=shape, dtype="f4", chunks=(3, 3, 1, shape[3]), fillvalue=n / 10)
             corners[layer] = rng.standard_normal(shape[3]).astype(np.float32)
@@ -282,9 +283,9 @@ def test_convert_keras_vgg19_h5(tmp_path, naming):
     out = weights.convert_keras_vgg19(src, tmp_path / "keras.npz")
     arrays, meta, _ = weights.load_arrays(out)
     assert meta["arch"] == "vgg19" and meta["preprocessing"] == "caffe"
-    for n, layer in enumerate(weights.VGG19_LAYERS):
+    for n, layer in enumerate(vgg.VGG19_LAYERS):
         k = arrays[f"{layer}/kernel"]
-        assert k.shape == weights.conv_shape(layer)  # Keras kernels are already HWIO
+        assert k.shape == vgg.conv_shape(layer)  # Keras kernels are already HWIO
         np.testing.assert_array_equal(k[1, 2, 0], corners[layer])
         assert k[0, 0, 0, 0] == np.float32(n / 10)
         np.testing.assert_array_equal(arrays[f"{layer}/bias"], biases[layer])
@@ -366,7 +367,7 @@ def test_fetch_downloads_each_archive_once_and_writes_readable_entries(tmp_path,
     # cached now: a second fetch does not download, --force does (once)
     weights.fetch_many(["lpips-vgg16", "lpips-twin"], cache)
     assert len(fake_lpips.read_text().splitlines()) == 1
-    assert weights.main(["--cache", str(cache), "fetch", "--force", "lpips-vgg16", "lpips-twin"]) == 0
+    assert weights_cli.main(["--cache", str(cache), "fetch", "--force", "lpips-vgg16", "lpips-twin"]) == 0
     assert len(fake_lpips.read_text().splitlines()) == 2
 
 
@@ -407,7 +408,7 @@ def test_offline_without_cache_is_one_line_with_the_fix(tmp_path, monkeypatch, c
                  weights.SOURCE_ENV, weights.CACHE_ENV):
         assert part in msg
     capsys.readouterr()
-    assert weights.main(["fetch", "vgg19"]) == 1
+    assert weights_cli.main(["fetch", "vgg19"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("nstyle-weights: error: no cached 'vgg19' weights") and "Traceback" not in "".join(err)
 
@@ -431,7 +432,7 @@ def test_corrupt_cache_entries_say_which_file_and_how_to_fix(tmp_path, monkeypat
                                                        r"run 'nstyle-weights fetch --force lpips-vgg16'"):
             weights.load_arrays("lpips-vgg16", cache)
         capsys.readouterr()
-        assert weights.main(["--cache", str(cache), "verify", "lpips-vgg16"]) == 1, what
+        assert weights_cli.main(["--cache", str(cache), "verify", "lpips-vgg16"]) == 1, what
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("nstyle-weights: error: ") and "fetch --force" in err
     # a readable entry with a wrong shape or a non-finite value
@@ -476,16 +477,16 @@ def test_cache_dir_env_var_and_argument(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "env"))
     assert weights.cache_path("vgg19") == tmp_path / "env" / "vgg19.npz"
     assert weights.cache_path("vgg19", tmp_path / "arg") == tmp_path / "arg" / "vgg19.npz"  # the argument wins
-    assert weights.main(["path", "vgg16"]) == 0
+    assert weights_cli.main(["path", "vgg16"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "env" / "vgg16.npz")
-    assert weights.main(["--cache", str(tmp_path / "arg"), "info"]) == 0
+    assert weights_cli.main(["--cache", str(tmp_path / "arg"), "info"]) == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "arg") in out and "not fetched" in out
     with pytest.raises(weights.WeightsError, match=r"no cached 'vgg19' weights in .*env.*fetch vgg19"):
         weights.verify("vgg19")
 
 
-def test_cli_user_errors_exit_1_with_one_line(tmp_path, capsys):
+def test_cli_user_errors_exit_2_with_one_line(tmp_path, capsys):
     cases = [
         ["fetch", "vgg11"],
         ["path", "resnet"],
@@ -493,11 +494,11 @@ def test_cli_user_errors_exit_1_with_one_line(tmp_path, capsys):
         ["convert", "keras-vgg19", str(tmp_path), str(tmp_path / "o.npz")],
     ]
     for argv in cases:
-        assert weights.main(argv) == 1, argv
+        assert weights_cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("nstyle-weights: error: ") and err.count("\n") == 1, (argv, err)
     (tmp_path / "not_a_pth").write_bytes(b"hello")
-    assert weights.main(["convert", "torchvision-vgg19", str(tmp_path / "not_a_pth"), str(tmp_path / "o.npz")]) == 1
+    assert weights_cli.main(["convert", "torchvision-vgg19", str(tmp_path / "not_a_pth"), str(tmp_path / "o.npz")]) == 2
     assert "not_a_pth: " in capsys.readouterr().err
 
 

@@ -1,6 +1,6 @@
 """Reference activations of VGG19 and VGG16, computed independently with PyTorch.
 
-    /tmp/torchvenv/bin/python tools/make_parity_fixture.py            # writes tests/fixtures/
+    $NSTYLE_TORCH_PYTHON tools/make_parity_fixture.py            # writes tests/fixtures/
 
 Run with a Python that has torch and numpy (never nstyle's venv; torch is not a dependency).
 It takes the package archives from ``$NSTYLE_WEIGHTS_SOURCE`` if set, else downloads them with

@@ -15,26 +15,23 @@ longest side first; default: the image's own size); ``overwrite`` (default false
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import numpy as np
 
-from nstyle import _xla, fastnet, images
+from nstyle import _io, _xla, fastnet, images
+from nstyle._errors import UserError
+from nstyle.cli.errors import command
 from nstyle.data import IMAGE_SUFFIXES
 
+PROG = "nstyle-apply"
 USAGE = "usage: nstyle-apply model=FILE input=PATH output=PATH [max_side=N] [overwrite=true]"
 KEYS = ("model", "input", "output", "max_side", "overwrite")
-
-
-class UserError(ValueError):
-    pass
 
 
 def parse(argv: Sequence[str]) -> dict:
@@ -69,8 +66,8 @@ class Styliser:
     def __init__(self, model_path: str | os.PathLike):
         self.path = Path(model_path)
         self.cfg, self.params, self.meta = fastnet.load_model(self.path)
-        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
-        self._run = _xla.jit(lambda p, x: fastnet.stylise(self.cfg, p, x))
+        self.sha256 = _io.sha256_file(self.path)
+        self._run = _xla.jit(lambda p, x: fastnet.stylize(self.cfg, p, x))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         out = self._run(self.params, image[None])  # (1, H, W, 3)
@@ -84,12 +81,6 @@ class Styliser:
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def run(opts: dict, log=print) -> dict:
@@ -110,16 +101,10 @@ def run(opts: dict, log=print) -> dict:
             raise UserError(f"output '{dst}' already exists; choose another name or add overwrite=true")
         if dst.is_dir():
             raise UserError(f"output '{dst}' is a folder; for one input image give an output file name such as out.png")
-        try:
-            images._format_for(dst)
-        except images.ImageError as e:
-            raise UserError(str(e)) from None
+        images.format_for(dst)
         pairs = [(src, dst)]
         meta_path = dst.with_name(dst.name + ".json")
-    try:
-        model = Styliser(opts["model"])
-    except fastnet.ModelFileError as e:
-        raise UserError(str(e)) from None
+    model = Styliser(opts["model"])
 
     done, skipped = [], []
     for inp, out in pairs:
@@ -127,7 +112,7 @@ def run(opts: dict, log=print) -> dict:
             img = images.load_image(inp, max_side=opts.get("max_side"))  # (H, W, 3)
         except images.ImageError as e:
             if len(pairs) == 1:
-                raise UserError(str(e)) from None
+                raise
             skipped.append({"input": str(inp), "error": str(e)})
             log(f"skipped {inp}: {e}")
             continue
@@ -142,23 +127,17 @@ def run(opts: dict, log=print) -> dict:
         raise UserError(f"no image in '{src}' could be read ({len(skipped)} skipped); check the files")
     meta = {**model.describe(), "input": str(src), "output": str(dst), "images": done, "skipped": skipped,
             "max_side": opts.get("max_side"), "jax": jax.__version__, "platform": jax.devices()[0].platform}
-    meta_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(meta_path, meta)
+    _io.write_json(meta_path, meta)
     return meta
 
 
+@command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        opts = parse(sys.argv[1:] if argv is None else argv)
-        from nstyle import _xla
-
-        _xla.persistent_cache()
-        meta = run(opts)
-    except UserError as e:
-        print(f"nstyle-apply: error: {e}", file=sys.stderr)
-        return 2
+    opts = parse(sys.argv[1:] if argv is None else argv)
+    _xla.persistent_cache()
+    meta = run(opts)
     n = len(meta["images"])
-    print(f"nstyle-apply: wrote {n} image{'s' * (n != 1)}" + (f", skipped {len(meta['skipped'])}" if meta["skipped"] else ""))
+    print(f"{PROG}: wrote {n} image{'s' * (n != 1)}" + (f", skipped {len(meta['skipped'])}" if meta["skipped"] else ""))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Collect a Hydra sweep directory into a table, an image grid and loss curves.
 
     nstyle-stylize -m experiment=alpha_beta_grid                     # writes multirun/alpha_beta_grid/<time>/...
-    nstyle-collect multirun/alpha_beta_grid/<time>                   # -> .../summary/ (= python -m nstyle.collect)
+    nstyle-collect multirun/alpha_beta_grid/<time>                   # -> .../summary/
 
 A *sweep directory* holds one subdirectory per job (named by its overrides, Hydra's
 ``${hydra.job.override_dirname}``), each with ``.hydra/overrides.yaml``, and, once the job
@@ -12,7 +12,7 @@ nothing is dropped silently.
 
 Job status, from the most to the least certain evidence:
 
-- ``status.json`` written by :class:`JobStatusCallback` (the experiment presets install it
+- ``status.json`` written by :class:`nstyle.cli.jobs.JobStatusCallback` (the experiment presets install it
   as a Hydra callback): ``running`` / ``completed`` / ``failed`` with the error message;
   a ``running`` job whose process is gone (same host) is reported as ``died``;
 - otherwise ``metrics.json`` present → ``completed``; a job log containing a traceback →
@@ -34,21 +34,23 @@ import argparse
 import csv
 import dataclasses
 import io
-import itertools
-import json
 import math
 import os
 import re
 import socket
 import sys
-import tempfile
-import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-STATUS_FILE = "status.json"
+from nstyle import _io, images, metrics
+from nstyle._errors import UserError
+from nstyle.cli import figures
+from nstyle.cli.errors import command
+from nstyle.cli.jobs import STATUS_FILE
+
 METRICS_FILE = "metrics.json"
 RESULT_FILE = "result.png"
 SUMMARY_DIR = "summary"
@@ -58,61 +60,8 @@ STATES = ("completed", "failed", "died", "running", "pending")
 _IGNORED_KEYS = {"hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra/launcher", "hydra.launcher.n_jobs"}
 
 
-class CollectError(ValueError):
+class CollectError(UserError, ValueError):
     """A user-facing problem with the sweep directory; one line with the fix."""
-
-
-# ------------------------------------------------------------------ status callback
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-try:  # the callback is optional: the collector itself needs only the files
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra is a dependency
-    _HydraCallback = object  # type: ignore[assignment,misc]
-
-
-class JobStatusCallback(_HydraCallback):  # type: ignore[misc,valid-type]
-    """Hydra callback that leaves ``status.json`` in each job directory.
-
-    Install it in a config with::
-
-        hydra:
-          callbacks:
-            job_status:
-              _target_: nstyle.collect.JobStatusCallback
-
-    It records ``running`` (with pid, host and start time) before the job, and
-    ``completed`` or ``failed`` (with the exception) after it, so the collector can tell a
-    job that failed from one that is still running.
-    """
-
-    def on_job_start(self, config, **kwargs: Any) -> None:
-        out = Path(str(config.hydra.runtime.output_dir))
-        _write_json_atomic(out / STATUS_FILE, {
-            "status": "running", "pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-        })
-
-    def on_job_end(self, config, job_return, **kwargs: Any) -> None:
-        out = Path(str(config.hydra.runtime.output_dir))
-        old = _read_json(out / STATUS_FILE) or {}
-        status = getattr(job_return.status, "name", str(job_return.status)).lower()
-        data = {**old, "status": "completed" if status == "completed" else "failed", "ended": time.time()}
-        if data["status"] == "failed":
-            err = job_return._return_value  # the exception; .return_value would re-raise it
-            data["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500] if err is not None else "unknown error"
-        _write_json_atomic(out / STATUS_FILE, data)
 
 
 # ------------------------------------------------------------------------ scanning
@@ -129,15 +78,6 @@ class Job:
     num: int  # Hydra's job number (order in the sweep); large if unknown
     metrics: dict | None = None
     error: str | None = None
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
 
 
 def _read_yaml(path: Path):
@@ -190,9 +130,9 @@ def _log_traceback(path: Path) -> str | None:
 
 
 def _classify(path: Path) -> tuple[str, dict | None, str | None]:
-    status_data = _read_json(path / STATUS_FILE)
+    status_data = _io.read_json(path / STATUS_FILE)
     metrics_path = path / METRICS_FILE
-    metrics = _read_json(metrics_path) if metrics_path.exists() else None
+    metrics = _io.read_json(metrics_path) if metrics_path.exists() else None
     if status_data is not None:
         status = status_data.get("status")
         if status == "failed":
@@ -264,26 +204,15 @@ def expected_jobs(sweep_dir: str | os.PathLike) -> int | None:
     if not isinstance(conf, dict):
         return None
     hydra = conf.get("hydra") or {}
+    params = ((hydra.get("sweeper") or {}).get("params")) or {}
+    task = ((hydra.get("overrides") or {}).get("task")) or []
     try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from nstyle.cli.sweep import split_sweep
 
-        sweeps: dict[str, str] = {}
-        params = ((hydra.get("sweeper") or {}).get("params")) or {}
-        for k, v in params.items():
-            sweeps[str(k)] = f"{k}={v}"
-        for text in ((hydra.get("overrides") or {}).get("task")) or []:
-            kv = _split_override(str(text))
-            if kv is not None:
-                sweeps[kv[0]] = str(text)  # the command line wins over the preset, as in Hydra
-        parser = OverridesParser.create()
-        total = 1
-        for text in sweeps.values():
-            (o,) = parser.parse_overrides([text])
-            if o.is_sweep_override():
-                total *= len(list(o.sweep_string_iterator()))
-        return total
+        _fixed, sweeps = split_sweep([str(t) for t in task], {str(k): str(v) for k, v in params.items()})
     except Exception:  # noqa: BLE001 -- an exotic sweeper: just do not count pending jobs
         return None
+    return math.prod(len(values) for values in sweeps)
 
 
 def swept_keys(jobs: Sequence[Job], sweep_dir: str | os.PathLike | None = None) -> list[str]:
@@ -373,24 +302,13 @@ def loss_history(metrics: Mapping | None, term: str = "total") -> list[float] | 
 
 
 class Evaluator:
-    """LPIPS to the content image and a Gram (style) distance to the style image.
-
-    The style distance uses VGG16 with torchvision's ImageNet weights, a different network
-    from the VGG19 the images were optimised with, so it is not the quantity that was
-    minimised: Σ_l ¼ E_l over Johnson et al.'s style layers relu1_2, relu2_2, relu3_3,
-    relu4_3, with E_l of METHOD.md on mean Gram matrices (sizes may differ).
-    """
-
-    STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+    """LPIPS to the content image and :func:`nstyle.metrics.style_distance` to the style image."""
 
     def __init__(self, lpips_net: str = "vgg16"):
         self.lpips_net = lpips_net
-        self._vgg16 = None
         self._cache: dict = {}
 
     def _load(self, spec: str, shape: tuple[int, int] | None, side: int | None) -> np.ndarray:
-        from nstyle import images
-
         key = (spec, shape, side)
         if key not in self._cache:
             img = images.load_image(spec)
@@ -403,27 +321,11 @@ class Evaluator:
 
         return float(np.asarray(lpips_distance(a[None], b[None], net=self.lpips_net))[0])
 
-    def style_distances(self, image: np.ndarray, style: np.ndarray) -> dict[str, float]:
-        """E_l under VGG16 for each of :attr:`STYLE_LAYERS` (shallow: fine texture; deep: large structures)."""
-        import jax.numpy as jnp
-
-        from nstyle import losses, vgg, weights
-
-        if self._vgg16 is None:
-            self._vgg16 = weights.load("vgg16")
-        fx = vgg.features(self._vgg16, jnp.asarray(image[None]), self.STYLE_LAYERS)
-        fs = vgg.features(self._vgg16, jnp.asarray(style[None]), self.STYLE_LAYERS)
-        return {l: float(np.asarray(losses.style_layer_loss(fx[l], losses.mean_gram(fs[l])))[0]) for l in self.STYLE_LAYERS}
-
     def style_distance(self, image: np.ndarray, style: np.ndarray) -> float:
-        """The mean of :meth:`style_distances` over the layers."""
-        d = self.style_distances(image, style)
-        return sum(d.values()) / len(d)
+        return metrics.style_distance(image, style)
 
     def evaluate(self, job: Job) -> dict[str, float | None]:
         """``lpips_content`` and ``style_distance`` of the job's result (None where not possible)."""
-        from nstyle import images
-
         out: dict[str, float | None] = {"lpips_content": None, "style_distance": None}
         result_path = job.path / RESULT_FILE
         if not result_path.exists():
@@ -516,18 +418,6 @@ def _cell(v) -> str:
     return str(v)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return ""
@@ -563,8 +453,6 @@ def _settings(jobs: Sequence[Job], keys: Sequence[str]) -> dict[str, str]:
 def grid_figure(jobs: Sequence[Job], rows_key: str | None, cols_key: str | None, *, title: str,
                 settings: Mapping[str, object]):
     """Results arranged by two swept keys (either may be None: one row / one column)."""
-    from nstyle import figures, images
-
     rv = _sort_values(j.overrides.get(rows_key, "") for j in jobs) if rows_key else [""]
     cv = _sort_values(j.overrides.get(cols_key, "") for j in jobs) if cols_key else [""]
     cells: list[list] = [[None] * len(cv) for _ in rv]
@@ -619,11 +507,9 @@ class Summary:
         return "\n".join(lines)
 
 
-def collect(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, rows_key: str | None = None,
+def summarize(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, rows_key: str | None = None,
             cols_key: str | None = None, evaluate: bool = True, lpips_net: str = "vgg16", title: str | None = None) -> Summary:
     """Scan ``sweep_dir`` and write its table, grid and loss curves into ``out_dir``."""
-    from nstyle import figures
-
     sweep_dir = Path(sweep_dir)
     jobs = scan(sweep_dir)
     keys = swept_keys(jobs, sweep_dir)
@@ -639,13 +525,13 @@ def collect(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     rows = build_rows(jobs, keys, evaluator)
     summary = Summary(sweep_dir, out, jobs, rows, keys, counts, files)
     if not jobs:
-        write_text_atomic(out / "status.txt", summary.report() + "\n")
+        _io.write_text(out / "status.txt", summary.report() + "\n")
         files["status"] = out / "status.txt"
         return summary
-    write_text_atomic(out / "table.csv", to_csv(rows))
+    _io.write_text(out / "table.csv", to_csv(rows))
     files["csv"] = out / "table.csv"
     md_cols = [c for c in rows[0] if c not in ("job",)]
-    write_text_atomic(out / "table.md", to_markdown(rows, md_cols))
+    _io.write_text(out / "table.md", to_markdown(rows, md_cols))
     files["md"] = out / "table.md"
     if rows_key is None and cols_key is None:
         rows_key = keys[0] if keys else None
@@ -666,10 +552,11 @@ def collect(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
         fig = figures.loss_curves(curves, title=f"{name}: total loss per run", settings=settings)
         files["curves"] = figures.save_figure(fig, out / "loss_curves.png")
     files["status"] = out / "status.txt"
-    write_text_atomic(out / "status.txt", summary.report() + "\n")
+    _io.write_text(out / "status.txt", summary.report() + "\n")
     return summary
 
 
+@command("nstyle-collect")
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nstyle-collect", description="Tabulate and plot a Hydra sweep directory.")
     p.add_argument("sweep_dir", help="the multirun sweep directory (hydra.sweep.dir)")
@@ -681,12 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--title", default=None)
     p.add_argument("--strict", action="store_true", help="exit 1 if any job failed or died")
     args = p.parse_args(argv)
-    try:
-        s = collect(args.sweep_dir, args.out, rows_key=args.rows, cols_key=args.cols, evaluate=not args.no_eval,
-                    lpips_net=args.lpips_net, title=args.title)
-    except CollectError as e:
-        print(f"nstyle-collect: error: {e}", file=sys.stderr)
-        return 2
+    s = summarize(args.sweep_dir, args.out, rows_key=args.rows, cols_key=args.cols, evaluate=not args.no_eval,
+                  lpips_net=args.lpips_net, title=args.title)
     print(s.report())
     return 1 if args.strict and (s.counts["failed"] or s.counts["died"]) else 0
 

@@ -2,7 +2,6 @@
 
     nstyle-sweep experiment=alpha_beta_grid [size=256 steps=300] [hydra.sweep.dir=DIR]
     nstyle-collect DIR
-    (or python -m nstyle.batched ... / python -m nstyle.collect ...)
 
 Takes the same overrides as ``nstyle-stylize -m`` (the sweep comes from the experiment's
 ``hydra.sweeper.params`` and from comma-separated command-line values), expands the grid
@@ -17,7 +16,7 @@ and the step compiles once per group instead of once per job.
 Each member gets the directory a Hydra multirun would give it
 (``<sweep dir>/<override_dirname>/``) with ``.hydra/{config,overrides,hydra}.yaml``,
 ``result.png``, ``metrics.json`` (per-member loss history; ``wall_s`` is the group's wall
-time, ``batch`` its size) and ``status.json``, so :mod:`nstyle.collect` reads batched and
+time, ``batch`` its size) and ``status.json``, so :mod:`nstyle.cli.collect` reads batched and
 unbatched sweeps alike. Members that already hold a ``result.png`` are skipped (rerun the
 command to finish an interrupted sweep). Only single-stage runs (no ``schedule``) batch.
 """
@@ -26,13 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+
+from nstyle import _io, images, memory, optimize, transfer, weights
+from nstyle._errors import UserError
+from nstyle.cli import app, jobs, schema, stylize
+from nstyle.cli.errors import command, message
 
 PROG = "nstyle-sweep"
 WEIGHT_KEYS = ("loss.alpha", "loss.beta", "loss.tv_weight")
@@ -108,52 +111,38 @@ def task_config(cfg):
 def _write_job_files(job_dir: Path, cfg, task_overrides: list[str], num: int) -> None:
     from omegaconf import OmegaConf
 
-    from nstyle import collect
-
     hydra_dir = job_dir / ".hydra"
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    collect.write_text_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(task_config(cfg)))
-    collect.write_text_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(task_overrides)))
+    _io.write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(task_config(cfg)))
+    _io.write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(task_overrides)))
     job = {"hydra": {"job": {"name": PROG, "override_dirname": str(cfg.hydra.job.override_dirname), "num": num,
                              "id": str(num)}, "mode": "MULTIRUN", "batched": True}}
-    collect.write_text_atomic(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create(job)))
+    _io.write_text(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create(job)))
 
 
 def _status(job_dir: Path, status: str, **extra) -> None:
-    import os
-    import socket
-
-    from nstyle import collect
-
-    collect._write_json_atomic(job_dir / collect.STATUS_FILE, {"status": status, "pid": os.getpid(),
-                                                               "host": socket.gethostname(), "time": time.time(), **extra})
+    jobs.write_status(job_dir, status, **extra)
 
 
-def run_group(cfgs: list, job_dirs: list[Path], quiet: bool = True) -> dict:
+def run_group(cfgs: list, job_dirs: list[Path]) -> dict:
     """Optimise one group's members as one batch and write each member's files."""
     import jax
 
-    from nstyle import config as config_mod
-    from nstyle import images, optimize, runinfo, stylize, weights
-
-    settings = [config_mod.to_library(c) for c in cfgs]
+    settings = [schema.stylize_settings(c) for c in cfgs]
     s0 = settings[0]
     for s in settings[1:]:
         same = dataclasses.replace(s, loss=dataclasses.replace(s.loss, alpha=s0.loss.alpha, beta=s0.loss.beta,
                                                                 tv_weight=s0.loss.tv_weight))
         if same != s0:
-            raise ValueError("members of a batch must differ only in loss.alpha / loss.beta / loss.tv_weight")
+            raise UserError("members of a batch must differ only in loss.alpha / loss.beta / loss.tv_weight")
     if len(s0.sizes) > 1:
-        raise ValueError("batched sweeps support single-stage runs only (no schedule); run it with nstyle-stylize -m")
-    alphas = np.asarray([s.loss.alpha for s in settings], np.float32)
-    betas = np.asarray([s.loss.beta for s in settings], np.float32)
-    tvs = np.asarray([s.loss.tv_weight for s in settings], np.float32)
+        raise UserError("batched sweeps support single-stage runs only (no schedule); run it with nstyle-stylize -m")
+    ws = {k: np.asarray([getattr(s.loss, k) for s in settings], np.float32) for k in ("alpha", "beta", "tv_weight")}
     # which terms exist is static: compute a term if any member uses it; zeros switch it off per member
-    loss = dataclasses.replace(s0.loss, alpha=float(alphas.max()) or 0.0, beta=float(betas.max()) or 0.0,
-                               tv_weight=float(tvs.max()))
-    inputs = stylize.load_inputs(s0)
-    stylize.check_sizes(dataclasses.replace(s0, loss=loss), inputs, images.available_memory_bytes())
-    content, styles, init_file, shape = stylize.stage_images(s0, inputs, s0.sizes[-1])
+    loss = dataclasses.replace(s0.loss, alpha=float(ws["alpha"].max()), beta=float(ws["beta"].max()),
+                               tv_weight=float(ws["tv_weight"].max()))
+    inputs = transfer.load_inputs(s0)
+    transfer.check_sizes(dataclasses.replace(s0, loss=loss), inputs, memory.available_bytes(), batch=len(cfgs))
+    content, styles, init_file, shape = transfer.stage_images(s0, inputs, s0.sizes[-1])
     params = weights.load(s0.arch)
     # the start each member would have alone (nstyle-stylize: stage 0 key), shared by all
     key = jax.random.fold_in(jax.random.key(s0.seed), 0)
@@ -163,48 +152,36 @@ def run_group(cfgs: list, job_dirs: list[Path], quiet: bool = True) -> dict:
     optim = dataclasses.replace(s0.optim, steps=s0.stage_steps[-1])
     t0 = time.perf_counter()
     r = optimize.stylize_batch(params, loss, content=content, styles=styles, style_blend=s0.style_blend,
-                               weights={"alpha": alphas, "beta": betas, "tv_weight": tvs}, batch=len(cfgs),
-                               shape=shape, init=init, key=key, optim=optim)
+                               weights=ws, batch=len(cfgs), shape=shape, init=init, key=key, optim=optim)
     wall = time.perf_counter() - t0
-    info = runinfo.collect(params=params, seed=s0.seed)
     for i, (s, d) in enumerate(zip(settings, job_dirs)):
-        image = r.images[i]
-        if s.preserve_color == "luminance":
-            from nstyle import color
-
-            image = color.recombine_luminance(image, inputs.content)
         final = {k: float(v[i]) for k, v in r.final.items()}
-        metrics = {
-            "result": "result.png", "stopped_reason": "nonfinite" if r.diverged[i] else r.stopped_reason,
-            "final_loss": final["loss"], "final": final, "iterations": r.iterations, "evals": int(r.evals[i]),
-            "evals_per_iter": float(r.evals_per_iter[i]), "compile_s": r.compile_s, "optimize_s": r.wall_s,
-            "restarts": int(r.restarts[i]), "lbfgs_memory_resets": int(r.resets[i]),
-            "wall_s": wall, "batch": len(cfgs), "batch_index": i,
-            "history": {k: v[:, i].tolist() for k, v in r.history.items()},
-            "result_sha256": runinfo.array_sha256(images.to_uint8(image)),
-            "settings": {"loss": s.loss, "optim": optim, "arch": s.arch, "sizes": s.sizes, "style_scale": s.style_scale},
-            **info,
-        }
-        images.save_image(d / "result.png", image)
-        runinfo.write_json_atomic(d / "metrics.json", metrics)
+        stage = {"size": s.sizes[-1], "shape": list(shape), "iterations": r.iterations, "evals": int(r.evals[i]),
+                 "restarts": int(r.restarts[i]), "lbfgs_memory_resets": int(r.resets[i]), "compile_s": r.compile_s,
+                 "wall_s": r.wall_s, "stopped_reason": "nonfinite" if r.diverged[i] else r.stopped_reason,
+                 "final": final}
+        member = transfer.TransferResult(image=transfer.finish(s, inputs, r.images[i]), stages=[stage],
+                                         history={k: v[:, i].tolist() for k, v in r.history.items()},
+                                         stopped_reason=stage["stopped_reason"])
+        metrics = stylize.run_metrics(s, member, params, wall_s=wall, extra={"batch": len(cfgs), "batch_index": i})
+        images.save_image(d / "result.png", member.image)
+        _io.write_json(d / "metrics.json", metrics)
         _status(d, "completed")
     return {"wall_s": wall, "compile_s": r.compile_s, "batch": len(cfgs)}
 
 
-def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) -> Path:
-    """Expand, group and run the sweep given by ``argv``; returns the sweep directory."""
+def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) -> tuple[Path, int]:
+    """Expand, group and run the sweep given by ``argv``; returns the sweep directory and the
+    number of jobs that failed."""
     from omegaconf import OmegaConf
 
-    from nstyle import collect
-    from nstyle import config as config_mod
-    from nstyle import stylize
-
-    config_mod.register()
-    conf_dir = conf_dir or stylize.CONF_DIR
+    schema.register()
+    conf_dir = conf_dir or app.conf_dir()
     parser = _parser()
     plain = [o.input_line for o in parser.parse_overrides(list(argv)) if not o.is_sweep_override()]
     base = _compose(conf_dir, plain)
-    params = OmegaConf.to_container(base.hydra.sweeper.params or {}, resolve=False) or {}
+    preset = base.hydra.sweeper.params
+    params = OmegaConf.to_container(preset, resolve=False) if preset is not None else {}
     fixed, sweeps = split_sweep(argv, params)
     members = expand(sweeps)
     sweep_dir = Path(str(base.hydra.sweep.dir))
@@ -212,15 +189,16 @@ def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) 
     # what Hydra's multirun.yaml holds: lets the collector count jobs not yet started
     multirun = OmegaConf.to_container(base, resolve=False)
     multirun["hydra"]["overrides"]["task"] = list(argv)
-    collect.write_text_atomic(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(OmegaConf.create(multirun)))
+    _io.write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(OmegaConf.create(multirun)))
     groups = group_members(members)
     if not quiet:
         print(f"{PROG}: {len(members)} jobs in {len(groups)} batches -> {sweep_dir}", file=sys.stderr)
+    failed = 0
     for g in groups:
         cfgs, dirs, todo = [], [], []
         for m in g:
             cfg = _compose(conf_dir, fixed + m.overrides)
-            d = sweep_dir / config_mod.job_dirname(cfg.hydra.job.override_dirname)
+            d = sweep_dir / schema.job_dirname(cfg.hydra.job.override_dirname)
             if (d / "result.png").exists() and (d / "metrics.json").exists():
                 continue  # finished by an earlier (interrupted) invocation
             _write_job_files(d, cfg, fixed + m.overrides, m.num)
@@ -234,40 +212,36 @@ def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) 
         try:
             out = run_group(cfgs, dirs)
         except Exception as e:  # noqa: BLE001 -- a failed batch is reported in its jobs; go on
-            msg = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            msg = message(e) if isinstance(e, UserError) else f"{type(e).__name__}: {message(e)}"
             for d in dirs:
-                _status(d, "failed", error=msg)
+                _status(d, "failed", error=msg[:500])
             print(f"{PROG}: batch of {len(dirs)} failed: {msg}", file=sys.stderr)
+            failed += len(dirs)
             continue
         if not quiet:
             names = ", ".join(" ".join(m.overrides) for m in todo)
             print(f"{PROG}: batch of {out['batch']} done in {time.perf_counter() - t0:.1f} s "
                   f"(compile {out['compile_s']:.1f} s): {names}", file=sys.stderr)
-    return sweep_dir
+    return sweep_dir, failed
 
 
+@command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console script; exit status 0 when every job completed, 1 when some failed, 2 for bad input."""
+    from nstyle import _xla
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
     argv = [a for a in argv if a not in ("-m", "--multirun")]
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from nstyle.images import ImageError
-    from nstyle.weights import WeightsError
-
-    try:
-        from nstyle import _xla
-
-        _xla.persistent_cache()
-        sweep_dir = run(argv)
-    except (ValueError, HydraException, OmegaConfBaseException, ImageError, WeightsError) as e:
-        # composition errors (misspelt keys, bad values): one line, no traceback
-        print(f"{PROG}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+    app.check_overrides("config", argv)
+    _xla.persistent_cache()
+    sweep_dir, failed = run(argv)
     print(sweep_dir)
+    if failed:
+        print(f"{PROG}: {failed} job(s) failed; see their status.json, or nstyle-collect {sweep_dir}", file=sys.stderr)
+        return 1
     return 0
 
 

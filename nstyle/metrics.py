@@ -1,10 +1,51 @@
-"""Image measures the experiment tables report (numpy; images are (H, W, 3) in [0, 1])."""
+"""Measures of a result that are independent of the loss it was optimised with.
+
+    d = nstyle.metrics.style_distance(result, style)       # VGG16 Gram distance, not the VGG19 loss
+    nstyle.metrics.psnr(result, content); nstyle.metrics.correlation_length(result)
+    nstyle.lpips.lpips_distance(result[None], content[None])  # LPIPS lives in nstyle.lpips
+
+Images are (H, W, 3) RGB in [0, 1] (numpy). The experiment tables and the sweep collector
+report these, so results can be compared across runs, losses and settings.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
+
+from nstyle import losses, vgg, weights
+
+# Johnson et al.'s style layers of VGG16: shallow ones see fine texture, deep ones large structures
+STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+
+@functools.lru_cache(maxsize=1)
+def _vgg16() -> vgg.VGGParams:
+    return weights.load("vgg16")
+
+
+def style_distances(image: np.ndarray, style: np.ndarray, layers=STYLE_LAYERS) -> dict[str, float]:
+    """E_l of METHOD.md between ``image`` and ``style`` under VGG16 (torchvision's ImageNet
+    weights, max pooling), per layer, on mean Gram matrices (the two may differ in size).
+
+    VGG16 is not the VGG19 the Gatys loss uses, so this is not the quantity that was
+    minimised: an independent measure of how close a result is to the style.
+    """
+    import jax.numpy as jnp
+
+    params = _vgg16()
+    fx = vgg.features(params, jnp.asarray(np.asarray(image, np.float32)[None]), layers)
+    fs = vgg.features(params, jnp.asarray(np.asarray(style, np.float32)[None]), layers)
+    return {layer: float(np.asarray(losses.style_layer_loss(fx[layer], losses.mean_gram(fs[layer])))[0])
+            for layer in layers}
+
+
+def style_distance(image: np.ndarray, style: np.ndarray, layers=STYLE_LAYERS) -> float:
+    """The mean of :func:`style_distances` over ``layers``."""
+    d = style_distances(image, style, layers)
+    return sum(d.values()) / len(d)
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float64)
 

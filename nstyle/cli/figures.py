@@ -15,16 +15,16 @@ labelled blank cell.
 
 from __future__ import annotations
 
-import math
 import os
-import tempfile
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from nstyle import _io
 
 SETTINGS_FONTSIZE = 7.5
 
@@ -38,6 +38,8 @@ def settings_text(settings: Mapping[str, object] | None, width: int = 150) -> st
 
 
 def _fmt(v: object) -> str:
+    if isinstance(v, (str, Path)) and Path(str(v)).is_absolute():
+        return Path(str(v)).name  # a file of this machine: its name says what it is, its folder is private
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, (list, tuple)):
@@ -180,24 +182,6 @@ def loss_curves(curves: Mapping[str, Sequence[float] | tuple[Sequence[float], Se
     return fig
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[float], *, title: str, ylabel: str, xlabel: str,
-              settings: Mapping[str, object] | None = None, logy: bool = False) -> Figure:
-    """A labelled bar per entry (used for per-layer metrics next to the image rows)."""
-    fig = _new_figure(max(4.5, 0.9 * len(labels) + 1.5), 3.8)
-    bottom = _footer(fig, settings, width_chars=90)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.bar(range(len(labels)), values, color="tab:blue")
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=11)
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.subplots_adjust(left=0.14, right=0.97, top=0.88, bottom=bottom + 0.17)
-    return fig
-
-
 def _colormap(n: int) -> list:
     from matplotlib import colormaps
 
@@ -208,21 +192,7 @@ def _colormap(n: int) -> list:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` to ``path`` (format from the extension) atomically: temp file, then rename."""
+    """Write ``fig`` to ``path`` (format from the extension) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def grid_shape(n: int) -> tuple[int, int]:
-    """A near-square (rows, cols) for ``n`` panels with rows ≤ cols."""
-    cols = math.ceil(math.sqrt(max(1, n)))
-    return math.ceil(max(1, n) / cols), cols
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    return _io.atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))

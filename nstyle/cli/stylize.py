@@ -1,0 +1,213 @@
+"""``nstyle-stylize``: one Gatys et al. stylisation per run, configured by Hydra.
+
+    nstyle-stylize                                          # built-in demo, the paper's settings
+    nstyle-stylize content=photo.jpg style=painting.jpg size=512 steps=500 seed=1
+    nstyle-stylize style=[a.jpg,b.jpg] style_blend=[0.7,0.3] preserve_color=luminance
+    nstyle-stylize schedule=[256] size=512                  # coarse to fine: 256 px, then 512 px
+    nstyle-stylize experiment=demo_texture style=painting.jpg   # texture synthesis (α = 0)
+    nstyle-stylize -m loss.alpha=1,10 loss.beta=1e3,1e4     # a sweep; one dir per job
+
+The run directory (Hydra's; ``hydra.run.dir=DIR``) receives ``result.png``,
+``snapshots/step_XXXX.png``, ``metrics.json`` and Hydra's ``.hydra/``. A directory that
+already holds a result is refused unless ``overwrite=true``. Mistakes in the input end the
+program with one line ``nstyle-stylize: error: ...`` and exit status 2.
+
+:func:`run` is the library-level entry (settings in, files out); :func:`task` is the Hydra
+task function and returns the final total loss, for sweepers that optimise it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nstyle import _io, images, memory, optimize, runinfo, transfer, weights
+from nstyle._errors import UserError
+from nstyle.cli import app, schema
+from nstyle.cli.errors import EXIT_INTERRUPTED, fail, message
+
+PROG = "nstyle-stylize"
+RESULT_FILES = ("result.png", "metrics.json")
+
+
+def check_run_dir(out_dir: Path, overwrite: bool) -> None:
+    held = [f for f in RESULT_FILES if (out_dir / f).exists()]
+    if held and not overwrite:
+        raise UserError(f"{out_dir} already holds a result ({', '.join(held)}); choose another hydra.run.dir "
+                        f"or pass overwrite=true to replace it")
+
+
+class Progress:
+    """tqdm bar over all stages with the current loss terms, and the snapshot writer."""
+
+    def __init__(self, total: int, quiet: bool, snapshot_every: int, snap_dir: Path, finish, show_tv: bool):
+        self.total, self.quiet, self.every, self.snap_dir, self.finish = total, quiet, snapshot_every, snap_dir, finish
+        self.show_tv = show_tv
+        self.done = 0
+        self.bar = None
+
+    def __call__(self, i: int, state, m: dict) -> None:
+        self.done += 1
+        if not self.quiet and self.bar is None and self.done == 1:
+            from tqdm import tqdm  # made at the first iteration: it/s counts no loading or compiling
+
+            self.bar = tqdm(total=self.total, desc=PROG, unit="it", dynamic_ncols=True, file=sys.stderr)
+        if self.bar is not None:
+            self.bar.update(1)
+            post = {"loss": m["loss"][0], "content": m["content"][0], "style": m["style"][0]}
+            if self.show_tv:
+                post["tv"] = m["tv"][0]
+            self.bar.set_postfix({k: f"{float(v):.3g}" for k, v in post.items()}, refresh=False)
+            if self.done == self.total:
+                self.close()
+        if self.every and self.done % self.every == 0:
+            x = np.clip(np.asarray(state.image[0], np.float32), 0.0, 1.0)
+            images.save_image(self.snap_dir / f"step_{self.done:04d}.png", self.finish(x))
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def input_info(spec: str | None) -> dict | None:
+    """Spec, resolved path and sha256 of an input image."""
+    if spec is None:
+        return None
+    path = images.resolve(spec)
+    return {"spec": spec, "path": str(path.resolve()), "sha256": _io.sha256_file(path)}
+
+
+def run_metrics(s: transfer.TransferSettings, r: transfer.TransferResult, params, *, wall_s: float,
+                extra: dict | None = None) -> dict:
+    """What ``metrics.json`` records of a stylisation (also of each member of a batched sweep)."""
+    return {
+        "result": "result.png",
+        "stopped_reason": r.stopped_reason,
+        "final_loss": r.final["loss"],
+        "final": r.final,
+        "iterations": r.iterations,
+        "evals": r.evals,
+        "evals_per_iter": r.evals / max(r.iterations, 1),
+        "restarts": sum(st["restarts"] for st in r.stages),
+        "lbfgs_memory_resets": sum(st["lbfgs_memory_resets"] for st in r.stages),
+        "compile_s": sum(st["compile_s"] for st in r.stages),
+        "optimize_s": sum(st["wall_s"] for st in r.stages),
+        "wall_s": wall_s,
+        "stages": r.stages,
+        "history": r.history,
+        "result_sha256": _io.array_sha256(images.to_uint8(r.image)),
+        "inputs": {
+            "content": input_info(s.content),
+            "styles": [input_info(p) for p in s.styles],
+            "init": input_info(s.init) if s.init not in optimize.INITS else s.init,
+        },
+        "settings": s,
+        **runinfo.describe(params=params, seed=s.seed),
+        **(extra or {}),
+    }
+
+
+def run(s: transfer.TransferSettings, out_dir: Path, *, overwrite: bool = False, quiet: bool = True,
+        snapshot_every: int = 0, max_memory_bytes: int | None = None, extra_metrics: dict | None = None) -> dict:
+    """Stylise with settings ``s`` into ``out_dir``; returns the metrics written to metrics.json.
+
+    Everything about the inputs is checked before the network is loaded.
+    """
+    import time
+
+    out_dir = Path(out_dir)
+    check_run_dir(out_dir, overwrite)
+    inputs = transfer.load_inputs(s)
+    transfer.check_sizes(s, inputs, max_memory_bytes if max_memory_bytes is not None else memory.available_bytes())
+    params = weights.load(s.arch)
+    progress = Progress(sum(s.stage_steps), quiet, snapshot_every, out_dir / "snapshots",
+                        lambda x: transfer.finish(s, inputs, x), s.loss.tv_weight > 0)
+    t0 = time.perf_counter()
+    try:
+        r = transfer.run(s, inputs, params, callback=progress)
+    finally:
+        progress.close()
+    metrics = run_metrics(s, r, params, wall_s=time.perf_counter() - t0, extra=extra_metrics)
+    images.save_image(out_dir / "result.png", r.image)
+    _io.write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def task(cfg) -> float:
+    """The Hydra task: validate, stylise into Hydra's run dir; returns the final total loss."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from nstyle import _xla
+
+    app.quiet_jax_logs()
+    try:
+        hc = HydraConfig.get()
+        out_dir, multirun = Path(hc.runtime.output_dir), hc.mode == RunMode.MULTIRUN
+        typed = schema.Typed.from_overrides(list(hc.overrides.task))
+    except ValueError:  # called without Hydra (e.g. main(cfg) from a script)
+        out_dir, multirun, typed = Path.cwd(), False, None
+    quiet = cfg.quiet if cfg.quiet is not None else multirun
+    try:
+        _xla.persistent_cache()  # a sweep's later jobs (and the next run) reuse the compiled step
+        s = schema.stylize_settings(cfg, typed)
+        max_mem = int(cfg.max_memory_gb * 2**30) if cfg.max_memory_gb is not None else None
+        metrics = run(s, out_dir, overwrite=cfg.overwrite, quiet=quiet, snapshot_every=cfg.snapshot_every,
+                      max_memory_bytes=max_mem)
+    except UserError as e:
+        if multirun:
+            # an exception (not sys.exit) lets Hydra mark this job failed and run the others;
+            # the collector then reports it as failed with this message
+            print(f"{PROG}: error: {message(e)}", file=sys.stderr, flush=True)
+            raise UserError(message(e)) from None
+        fail(PROG, message(e))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    reason = metrics["stopped_reason"]
+    if reason == "nonfinite":
+        print(f"{PROG}: warning: the loss became NaN/inf after {metrics['iterations']} iterations; the run stopped "
+              f"and {out_dir / 'result.png'} is the last image with a finite loss", file=sys.stderr)
+    elif reason == "interrupted":
+        print(f"{PROG}: interrupted after {metrics['iterations']} iterations; partial result in {out_dir}",
+              file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    if not quiet:
+        print(f"{out_dir / 'result.png'}  loss {metrics['final_loss']:.4g}  {metrics['iterations']} it  "
+              f"{metrics['evals_per_iter']:.2f} evals/it  {metrics['wall_s']:.1f} s", file=sys.stderr)
+    loss = metrics["final_loss"]
+    return float(loss) if isinstance(loss, (int, float)) else math.nan
+
+
+def _precheck_argv(argv: list[str]) -> None:
+    """Refuse an explicit ``hydra.run.dir`` that holds a result *before* Hydra writes its
+    ``.hydra/`` files there (they would no longer describe the result beside them)."""
+    if "-m" in argv or "--multirun" in argv:
+        return
+    overwrite = any(a.lower() in ("overwrite=true", "overwrite=1", "overwrite=yes") for a in argv)
+    for a in argv:
+        if a.startswith("hydra.run.dir=") and "${" not in a and not overwrite:
+            try:
+                check_run_dir(Path(a.split("=", 1)[1]).expanduser(), False)
+            except UserError as e:
+                fail(PROG, str(e))
+
+
+def main(cfg: Any = None):
+    """Console script. With ``cfg`` (a composed config) it runs :func:`task` and returns the
+    final total loss; without, it parses the command line with Hydra (and returns None, so
+    the console script exits 0)."""
+    schema.register()
+    if cfg is not None:
+        return task(cfg)
+    _precheck_argv(sys.argv[1:])
+    app.hydra_main(PROG, "config", task)
+
+
+if __name__ == "__main__":
+    main()

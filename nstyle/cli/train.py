@@ -1,0 +1,60 @@
+"""``nstyle-train``: train a FastNet for one style (Johnson et al. 2016), configured by Hydra.
+
+    nstyle-train style=starry.jpg data=/data/coco/train2014 size=256 steps=40000 batch=4 seed=0
+    nstyle-train train/experiment=debug style=builtin:chelsea data=DIR      # tiny, seconds
+    resume:  the same command plus hydra.run.dir=<an existing run directory>
+
+The schema is :class:`nstyle.cli.schema.TrainSchema`; :func:`nstyle.train.train` does the
+work in Hydra's run directory. Besides the library's files the run directory gets
+``loss.png`` (the loss terms of ``metrics.csv``, redrawn at every checkpoint) and ``.hydra/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from nstyle import train
+from nstyle.cli import app, figures, schema
+from nstyle.cli.errors import command
+
+PROG = "nstyle-train"
+
+
+def plot_losses(workdir: Path) -> None:
+    """``loss.png``: the logged loss terms against step, log scale."""
+    rows = train.read_log(workdir / "metrics.csv")
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    curves = {k: (steps, [r[k] for r in rows]) for k in ("loss", "content", "style", "tv") if max(r[k] for r in rows) > 0}
+    fig = figures.loss_curves(curves, title=f"FastNet training: {workdir.name}", xlabel="step",
+                              ylabel="weighted loss (mean per image)")
+    figures.save_figure(fig, workdir / "loss.png")
+
+
+@command(PROG, exits=True)
+def task(dcfg) -> float:
+    """The Hydra task: validate, train in Hydra's run directory; returns the final loss."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from nstyle import _xla
+
+    app.quiet_jax_logs()
+    hc = HydraConfig.get()
+    cfg = schema.train_settings(dcfg, schema.Typed.from_overrides(list(hc.overrides.task)))
+    workdir = Path(hc.runtime.output_dir)
+    _xla.persistent_cache()  # a resumed or repeated run reuses the compiled train step
+    summary = train.train(cfg, workdir, on_checkpoint=lambda step: plot_losses(workdir))
+    plot_losses(workdir)
+    loss = summary["final"].get("loss", float("nan"))
+    print(f"{PROG}: wrote {workdir / 'model.npz'} (final loss {loss:.4g})")
+    return float(loss)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app.hydra_main(PROG, "train", task, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
