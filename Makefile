@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test weights install bench clean
+.PHONY: demo test weights install lint wheel bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ demo: weights
 
 test: weights
 	$(PY) -m pytest -q tests
+
+# ruff: lint and formatting (configured in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check nstyle experiments tests benchmarks tools
+	$(VENV)/bin/ruff format --check nstyle experiments tests benchmarks tools
+
+# the built wheel, installed outside the checkout, runs every command
+wheel: weights
+	tools/check-wheel
 
 bench: weights
 	$(PY) benchmarks/bench_loss.py

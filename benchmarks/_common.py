@@ -20,10 +20,18 @@ import numpy as np
 # VGG19 convs up to conv5_1 (the deepest layer the loss reads): (name, C_in, C_out, pools before it).
 # bench_loss.py asserts these against nstyle.vgg.conv_shape so the two cannot drift.
 CONVS = (
-    ("conv1_1", 3, 64, 0), ("conv1_2", 64, 64, 0),
-    ("conv2_1", 64, 128, 1), ("conv2_2", 128, 128, 1),
-    ("conv3_1", 128, 256, 2), ("conv3_2", 256, 256, 2), ("conv3_3", 256, 256, 2), ("conv3_4", 256, 256, 2),
-    ("conv4_1", 256, 512, 3), ("conv4_2", 512, 512, 3), ("conv4_3", 512, 512, 3), ("conv4_4", 512, 512, 3),
+    ("conv1_1", 3, 64, 0),
+    ("conv1_2", 64, 64, 0),
+    ("conv2_1", 64, 128, 1),
+    ("conv2_2", 128, 128, 1),
+    ("conv3_1", 128, 256, 2),
+    ("conv3_2", 256, 256, 2),
+    ("conv3_3", 256, 256, 2),
+    ("conv3_4", 256, 256, 2),
+    ("conv4_1", 256, 512, 3),
+    ("conv4_2", 512, 512, 3),
+    ("conv4_3", 512, 512, 3),
+    ("conv4_4", 512, 512, 3),
     ("conv5_1", 512, 512, 4),
 )
 CONTENT_LAYER = "conv4_2"

@@ -45,16 +45,31 @@ def main() -> None:
 
     def batched():
         t0 = time.perf_counter()
-        r = optimize.stylize_batch(params, loss, content=content, styles=[style], weights={"beta": np.asarray(betas)},
-                                   init="content", key=key, optim=optim)
+        r = optimize.stylize_batch(
+            params,
+            loss,
+            content=content,
+            styles=[style],
+            weights={"beta": np.asarray(betas)},
+            init="content",
+            key=key,
+            optim=optim,
+        )
         return time.perf_counter() - t0, r.wall_s, r.images
 
     def one_by_one():
         t0 = time.perf_counter()
         iters, out = 0.0, []
         for b in betas:
-            r = optimize.stylize(params, losses.PerceptualLoss(beta=b, pooling="avg"), content=content, styles=[style],
-                                 init="content", key=key, optim=optim)
+            r = optimize.stylize(
+                params,
+                losses.PerceptualLoss(beta=b, pooling="avg"),
+                content=content,
+                styles=[style],
+                init="content",
+                key=key,
+                optim=optim,
+            )
             iters += r.wall_s
             out.append(r.image)
         return time.perf_counter() - t0, iters, np.stack(out)
@@ -74,10 +89,16 @@ def main() -> None:
         max_diff = max(max_diff, float(np.abs(outs["batched"] - outs["single"]).max()))
     med = {k: statistics.median(v) for k, v in res.items()}
     out = {
-        "size": args.size, "steps": args.steps, "k": args.k, "device": str(jax.devices()[0]),
-        "batched_total_s": med["batched"], "single_total_s": med["single"],
-        "batched_iter_s": med["batched_iter"], "single_iter_s": med["single_iter"],
-        "speedup_total": med["single"] / med["batched"], "speedup_iterations": med["single_iter"] / med["batched_iter"],
+        "size": args.size,
+        "steps": args.steps,
+        "k": args.k,
+        "device": str(jax.devices()[0]),
+        "batched_total_s": med["batched"],
+        "single_total_s": med["single"],
+        "batched_iter_s": med["batched_iter"],
+        "single_iter_s": med["single_iter"],
+        "speedup_total": med["single"] / med["batched"],
+        "speedup_iterations": med["single_iter"] / med["batched_iter"],
         "max_abs_pixel_diff": max_diff,
     }
     print("RESULT " + json.dumps(out))

@@ -104,7 +104,10 @@ def bench_train(size, batch, steps):
         state, m = step(state, x, key)
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t) / steps
-    print(f"train {size} px batch {batch}: {dt:.3f} s/step, {batch / dt:.2f} images/s (loss {float(m['loss']):.4g})", flush=True)
+    print(
+        f"train {size} px batch {batch}: {dt:.3f} s/step, {batch / dt:.2f} images/s (loss {float(m['loss']):.4g})",
+        flush=True,
+    )
     return {"size": size, "batch": batch, "s_per_step": dt, "images_per_s": batch / dt, "loss": float(m["loss"])}
 
 
@@ -119,8 +122,12 @@ def main(argv=None):
     ap.add_argument("--train-steps", type=int, default=3)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    res = {"device": str(jax.devices()[0]), "platform": jax.devices()[0].platform, "cpus": os.cpu_count(),
-           "load_avg": os.getloadavg()}
+    res = {
+        "device": str(jax.devices()[0]),
+        "platform": jax.devices()[0].platform,
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+    }
     if "infer" in args.what:
         res["infer_s"] = bench_infer(args.sizes, args.repeats)
     if "gatys" in args.what:
@@ -131,10 +138,15 @@ def main(argv=None):
         for s in args.sizes:
             f, g = res["infer_s"][s], res["gatys_s_per_iter"][s]
             row = {n: g * n for n in (100, 300, 500)}
-            table[s] = {"fastnet_s": f, **{f"gatys_{n}_s": v for n, v in row.items()},
-                        **{f"speedup_{n}": v / f for n, v in row.items()}}
-            print(f" {s:4d} | {f:9.4f} | {row[100]:14.1f} | {row[300]:8.1f} | {row[500]:8.1f} | "
-                  f"{row[100] / f:.0f}x / {row[300] / f:.0f}x / {row[500] / f:.0f}x")
+            table[s] = {
+                "fastnet_s": f,
+                **{f"gatys_{n}_s": v for n, v in row.items()},
+                **{f"speedup_{n}": v / f for n, v in row.items()},
+            }
+            print(
+                f" {s:4d} | {f:9.4f} | {row[100]:14.1f} | {row[300]:8.1f} | {row[500]:8.1f} | "
+                f"{row[100] / f:.0f}x / {row[300] / f:.0f}x / {row[500] / f:.0f}x"
+            )
         res["table"] = table
     if "train" in args.what:
         res["train"] = bench_train(args.train_size, args.batch, args.train_steps)

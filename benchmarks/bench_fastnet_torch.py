@@ -24,8 +24,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-VGG16 = ("conv1_1", "conv1_2", "P", "conv2_1", "conv2_2", "P", "conv3_1", "conv3_2", "conv3_3", "P",
-         "conv4_1", "conv4_2", "conv4_3")
+VGG16 = (
+    "conv1_1",
+    "conv1_2",
+    "P",
+    "conv2_1",
+    "conv2_2",
+    "P",
+    "conv3_1",
+    "conv3_2",
+    "conv3_3",
+    "P",
+    "conv4_1",
+    "conv4_2",
+    "conv4_3",
+)
 STYLE = ("conv1_2", "conv2_2", "conv3_3", "conv4_3")
 CONTENT = "conv2_2"
 
@@ -69,9 +82,15 @@ class Up(nn.Module):
 class FastNet(nn.Module):
     def __init__(self, w=32, blocks=5):
         super().__init__()
-        self.net = nn.Sequential(ConvIN(3, w, 9), ConvIN(w, 2 * w, 3, 2), ConvIN(2 * w, 4 * w, 3, 2),
-                                 *[Residual(4 * w) for _ in range(blocks)], Up(4 * w, 2 * w), Up(2 * w, w),
-                                 ConvIN(w, 3, 9, norm=False, relu=False))
+        self.net = nn.Sequential(
+            ConvIN(3, w, 9),
+            ConvIN(w, 2 * w, 3, 2),
+            ConvIN(2 * w, 4 * w, 3, 2),
+            *[Residual(4 * w) for _ in range(blocks)],
+            Up(4 * w, 2 * w),
+            Up(2 * w, w),
+            ConvIN(w, 3, 9, norm=False, relu=False),
+        )
 
     def forward(self, x):
         return (torch.tanh(self.net(2 * x - 1)) + 1) / 2
@@ -80,8 +99,14 @@ class FastNet(nn.Module):
 def load_vgg16():
     root = os.environ.get("NSTYLE_CACHE_DIR") or Path.home() / ".cache" / "nstyle"
     z = np.load(Path(root) / "vgg16.npz", allow_pickle=False)
-    return {n: (torch.from_numpy(np.ascontiguousarray(z[f"{n}/kernel"].transpose(3, 2, 0, 1))),  # HWIO -> OIHW
-                torch.from_numpy(z[f"{n}/bias"])) for n in VGG16 if n != "P"}
+    return {
+        n: (
+            torch.from_numpy(np.ascontiguousarray(z[f"{n}/kernel"].transpose(3, 2, 0, 1))),  # HWIO -> OIHW
+            torch.from_numpy(z[f"{n}/bias"]),
+        )
+        for n in VGG16
+        if n != "P"
+    }
 
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -145,8 +170,11 @@ def main():
     for _ in range(args.steps):
         loss = step()
     dt = (time.perf_counter() - t) / args.steps
-    print(f"torch {torch.__version__} train {args.size} px batch {args.batch}: {dt:.3f} s/step, "
-          f"{args.batch / dt:.2f} images/s (loss {loss:.4g}; {args.threads} threads)", flush=True)
+    print(
+        f"torch {torch.__version__} train {args.size} px batch {args.batch}: {dt:.3f} s/step, "
+        f"{args.batch / dt:.2f} images/s (loss {loss:.4g}; {args.threads} threads)",
+        flush=True,
+    )
     net.eval()
     with torch.no_grad():
         for s in args.infer_sizes:

@@ -91,14 +91,26 @@ def child(size: int, repeats: int, warmup: int, params_arg: bool = False) -> dic
     cpu0 = time.process_time()
     times = C.time_calls(call, repeats, warmup)
     cpu = (time.process_time() - cpu0) / (repeats + warmup)
-    return C.summarise({
-        "framework": "jax", "version": jax.__version__, "size": size, "threads": C.threads(),
-        "variant": os.environ.get("NSTYLE_BENCH_VARIANT", "default") + ("+params-arg" if params_arg else ""), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "compiler_options": nstyle._xla.compiler_options(),
-        "trace_s": t1 - t0, "compile_s": t2 - t1, "first_call_s": t3 - t2, "times_s": times, "cpu_s": cpu,
-        "loss": float(v), "grad_abs_sum": float(jnp.abs(g).sum()),
-        "rss_setup_mib": rss_setup, "peak_rss_mib": C.peak_rss_mib(),
-    })
+    return C.summarise(
+        {
+            "framework": "jax",
+            "version": jax.__version__,
+            "size": size,
+            "threads": C.threads(),
+            "variant": os.environ.get("NSTYLE_BENCH_VARIANT", "default") + ("+params-arg" if params_arg else ""),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "compiler_options": nstyle._xla.compiler_options(),
+            "trace_s": t1 - t0,
+            "compile_s": t2 - t1,
+            "first_call_s": t3 - t2,
+            "times_s": times,
+            "cpu_s": cpu,
+            "loss": float(v),
+            "grad_abs_sum": float(jnp.abs(g).sum()),
+            "rss_setup_mib": rss_setup,
+            "peak_rss_mib": C.peak_rss_mib(),
+        }
+    )
 
 
 def run_child(cmd: list[str], env: dict | None = None, cores: int | None = None) -> dict:
@@ -112,17 +124,35 @@ def run_child(cmd: list[str], env: dict | None = None, cores: int | None = None)
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stderr[-3000:])
         raise SystemExit(f"error: benchmark child failed (exit {proc.returncode}): {' '.join(cmd)}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def jax_cmd(size: int, args) -> list[str]:
-    return [sys.executable, __file__, "--child", "--size", str(size), "--repeats", str(args.repeats),
-            "--warmup", str(args.warmup)] + (["--params-arg"] if args.params_arg else [])
+    return [
+        sys.executable,
+        __file__,
+        "--child",
+        "--size",
+        str(size),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+    ] + (["--params-arg"] if args.params_arg else [])
 
 
 def torch_cmd(size: int, args) -> list[str]:
-    return [args.torch_python, str(TORCH_SCRIPT), "--child", "--size", str(size), "--repeats", str(args.repeats),
-            "--warmup", str(args.warmup)] + (["--channels-last"] if args.torch_channels_last else [])
+    return [
+        args.torch_python,
+        str(TORCH_SCRIPT),
+        "--child",
+        "--size",
+        str(size),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+    ] + (["--channels-last"] if args.torch_channels_last else [])
 
 
 def variant_env(name: str, spec: str) -> dict:
@@ -190,9 +220,11 @@ def describe(r: dict, peaks: dict) -> str:
     comp = r.get("compile_s", 0.0) + r.get("trace_s", 0.0)
     pk = " ".join(f"{r['gflops'] / v:.0%} of {k}" for k, v in peaks.items())
     busy = f"  {r['cpu_s'] / r['median_s']:.1f} cores busy" if "cpu_s" in r else ""
-    return (f"{tag:>18} {r['size']:4d}px  compile {comp:6.2f} s  median {r['median_s']:.3f} s/eval "
-            f"(min {min(r['times_s']):.3f}, n={len(r['times_s'])})  {r['gflops']:5.0f} GFLOP/s  {pk}{busy}  "
-            f"peak RSS {r['peak_rss_mib']:.0f} MiB  loss {r['loss']:.7g}")
+    return (
+        f"{tag:>18} {r['size']:4d}px  compile {comp:6.2f} s  median {r['median_s']:.3f} s/eval "
+        f"(min {min(r['times_s']):.3f}, n={len(r['times_s'])})  {r['gflops']:5.0f} GFLOP/s  {pk}{busy}  "
+        f"peak RSS {r['peak_rss_mib']:.0f} MiB  loss {r['loss']:.7g}"
+    )
 
 
 def main(argv=None) -> None:
@@ -205,11 +237,19 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="--compare: A/B rounds per size")
     ap.add_argument("--torch-python", default=DEFAULT_TORCH_PYTHON, help="a Python with torch, for --compare")
     ap.add_argument("--torch-channels-last", action="store_true", help="--compare: torch in channels_last format")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=SPEC",
-                    help="JAX configuration to add to the alternation (repeatable): SPEC is space-separated XLA "
-                         "flags and KEY=VALUE environment settings, e.g. 'xla=NSTYLE_CPU_CONV=xla'; 'default=' is the plain run")
-    ap.add_argument("--params-arg", action="store_true",
-                    help="pass weights and targets to the jitted function as arguments (default: closed over)")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="JAX configuration to add to the alternation (repeatable): SPEC is space-separated XLA "
+        "flags and KEY=VALUE environment settings, e.g. 'xla=NSTYLE_CPU_CONV=xla'; 'default=' is the plain run",
+    )
+    ap.add_argument(
+        "--params-arg",
+        action="store_true",
+        help="pass weights and targets to the jitted function as arguments (default: closed over)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="restrict every child to this many cores")
     ap.add_argument("--json", type=Path, default=None, help="also write every result to this file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -219,7 +259,10 @@ def main(argv=None) -> None:
         C.report(child(args.size[0], args.repeats, args.warmup, args.params_arg))
         return
     if args.compare and not (args.torch_python and Path(args.torch_python).exists()):
-        raise SystemExit(f"error: no Python at {args.torch_python}; pass --torch-python PATH to a Python with torch (or set NSTYLE_TORCH_PYTHON)")
+        raise SystemExit(
+            f"error: no Python at {args.torch_python}; pass --torch-python PATH to a Python with torch "
+            "(or set NSTYLE_TORCH_PYTHON)"
+        )
     variants = []
     for v in args.variant or ["default=" + os.environ.get("XLA_FLAGS", "")]:
         if "=" not in v:
@@ -228,12 +271,21 @@ def main(argv=None) -> None:
 
     cores = args.threads or C.threads()
     nominal, how = nominal_peak_gflops()
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, children run on {cores} cores; "
-          f"nominal float32 peak {nominal:.0f} GFLOP/s ({how})")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, children run on {cores} cores; "
+        f"nominal float32 peak {nominal:.0f} GFLOP/s ({how})"
+    )
     peaks = {"nominal": nominal}
     if args.peak:
-        m = run_child([sys.executable, "-c", "import sys, json; sys.path.insert(0, %r); import bench_loss as b; "
-                       "print('RESULT ' + json.dumps(b.measured_peak_gflops()))" % str(HERE)], cores=cores)
+        m = run_child(
+            [
+                sys.executable,
+                "-c",
+                "import sys, json; sys.path.insert(0, %r); import bench_loss as b; "
+                "print('RESULT ' + json.dumps(b.measured_peak_gflops()))" % str(HERE),
+            ],
+            cores=cores,
+        )
         print("measured float32 matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in m.items()))
         peaks = {"matmul peak": max(m.values()), **peaks}
     for s in args.size:
@@ -244,11 +296,13 @@ def main(argv=None) -> None:
         per = {}  # label -> list of results
         rounds = args.rounds if args.compare else 1
         for r in range(rounds):
-            jobs = [(f"jax[{n}]" if len(variants) > 1 else "jax", jax_cmd(size, args), variant_env(n, fl))
-                    for n, fl in variants]
+            jobs = [
+                (f"jax[{n}]" if len(variants) > 1 else "jax", jax_cmd(size, args), variant_env(n, fl))
+                for n, fl in variants
+            ]
             if args.compare:
                 jobs.append(("torch", torch_cmd(size, args), None))
-            for label, cmd, env in (jobs if r % 2 == 0 else jobs[::-1]):  # A B … then … B A
+            for label, cmd, env in jobs if r % 2 == 0 else jobs[::-1]:  # A B … then … B A
                 res = run_child(cmd, env, cores)
                 print(describe(res, peaks), flush=True)
                 per.setdefault(label, []).append(res)
@@ -256,8 +310,10 @@ def main(argv=None) -> None:
         if args.compare or len(variants) > 1:
             med = {k: statistics.median(x["median_s"] for x in v) for k, v in per.items()}
             ref = med.get("torch")
-            print(f"--- {size}px, median over {rounds} process(es) of the per-process medians, "
-                  f"threads: " + ", ".join(f"{k} {v[0]['threads']}" for k, v in per.items()))
+            print(
+                f"--- {size}px, median over {rounds} process(es) of the per-process medians, "
+                f"threads: " + ", ".join(f"{k} {v[0]['threads']}" for k, v in per.items())
+            )
             for k, v in per.items():
                 loss = v[0]["loss"]
                 line = f"    {k:>18}: {med[k]:.3f} s/eval  {2 * C.forward_gflop(size) / med[k]:5.0f} GFLOP/s"

@@ -113,12 +113,21 @@ def child(size: int, repeats: int, warmup: int, channels_last: bool) -> dict:
     cpu0 = time.process_time()
     times = C.time_calls(value_and_grad, repeats, warmup)
     cpu = (time.process_time() - cpu0) / (repeats + warmup)
-    return C.summarise({
-        "framework": "torch", "version": torch.__version__, "size": size, "threads": torch.get_num_threads(),
-        "variant": "channels_last" if channels_last else "nchw",
-        "compile_s": first, "times_s": times, "cpu_s": cpu, "loss": float(v), "grad_abs_sum": float(g.abs().sum()),
-        "peak_rss_mib": C.peak_rss_mib(),
-    })
+    return C.summarise(
+        {
+            "framework": "torch",
+            "version": torch.__version__,
+            "size": size,
+            "threads": torch.get_num_threads(),
+            "variant": "channels_last" if channels_last else "nchw",
+            "compile_s": first,
+            "times_s": times,
+            "cpu_s": cpu,
+            "loss": float(v),
+            "grad_abs_sum": float(g.abs().sum()),
+            "peak_rss_mib": C.peak_rss_mib(),
+        }
+    )
 
 
 def main(argv=None) -> None:
@@ -133,16 +142,27 @@ def main(argv=None) -> None:
         C.report(child(args.size[0], args.repeats, args.warmup, args.channels_last))
         return
     for size in args.size:
-        cmd = [sys.executable, __file__, "--child", "--size", str(size), "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup)] + (["--channels-last"] if args.channels_last else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--size",
+            str(size),
+            "--repeats",
+            str(args.repeats),
+            "--warmup",
+            str(args.warmup),
+        ] + (["--channels-last"] if args.channels_last else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         r = next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))
         import json
 
         r = json.loads(r)
-        print(f"torch {r['version']} {r['variant']} {size}px threads={r['threads']}: first call {r['compile_s']:.2f} s, "
-              f"median {r['median_s']:.3f} s/eval over {len(r['times_s'])}, {r['gflops']:.0f} GFLOP/s, "
-              f"peak RSS {r['peak_rss_mib']:.0f} MiB, loss {r['loss']:.6g}")
+        print(
+            f"torch {r['version']} {r['variant']} {size}px threads={r['threads']}: first call {r['compile_s']:.2f} s, "
+            f"median {r['median_s']:.3f} s/eval over {len(r['times_s'])}, {r['gflops']:.0f} GFLOP/s, "
+            f"peak RSS {r['peak_rss_mib']:.0f} MiB, loss {r['loss']:.6g}"
+        )
 
 
 if __name__ == "__main__":

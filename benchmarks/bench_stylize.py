@@ -57,13 +57,30 @@ def child(images_npz: str, steps: int, xla_cache: str | None = None) -> dict:
     params = weights.load("vgg19")
     with np.load(images_npz) as z:
         content, style = z["content"], z["style"]
-    r = optimize.stylize(params, losses.PerceptualLoss(), content=content, styles=[style], init="content",
-                         key=jax.random.key(0), optim=optimize.OptimConfig(steps=steps, memory=10))
+    r = optimize.stylize(
+        params,
+        losses.PerceptualLoss(),
+        content=content,
+        styles=[style],
+        init="content",
+        key=jax.random.key(0),
+        optim=optimize.OptimConfig(steps=steps, memory=10),
+    )
     t_end = time.perf_counter()
-    return {"framework": "nstyle", "version": runinfo.versions()["jax"], "shape": list(content.shape[:2]),
-            "iterations": r.iterations, "evals": r.evals, "end_to_end_s": t_end - t0, "optimize_s": r.wall_s,
-            "compile_s": r.compile_s, "setup_s": t_end - t0 - r.wall_s - r.compile_s, "import_s": t0 - t_start,
-            "loss_first": r.history["loss"][0], "loss_final": r.final["loss"]}
+    return {
+        "framework": "nstyle",
+        "version": runinfo.versions()["jax"],
+        "shape": list(content.shape[:2]),
+        "iterations": r.iterations,
+        "evals": r.evals,
+        "end_to_end_s": t_end - t0,
+        "optimize_s": r.wall_s,
+        "compile_s": r.compile_s,
+        "setup_s": t_end - t0 - r.wall_s - r.compile_s,
+        "import_s": t0 - t_start,
+        "loss_first": r.history["loss"][0],
+        "loss_final": r.final["loss"],
+    }
 
 
 def _run(cmd: list[str]) -> dict:
@@ -78,14 +95,24 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=1, help="pairs of runs per size, alternating which goes first")
-    ap.add_argument("--torch-python", default=os.environ.get("NSTYLE_TORCH_PYTHON"),
-                    help="the PyTorch venv's python (default $NSTYLE_TORCH_PYTHON)")
-    ap.add_argument("--torch-threads", type=int, default=0,
-                    help="torch threads (default: all cores, as torch does; on a loaded machine its OpenMP "
-                         "barriers make 1 thread faster than 2, so try both)")
-    ap.add_argument("--warm-cache", action="store_true",
-                    help="nstyle uses a persistent XLA cache (as nstyle-stylize does), warmed by one untimed run "
-                         "per size first: the time of any run after the first")
+    ap.add_argument(
+        "--torch-python",
+        default=os.environ.get("NSTYLE_TORCH_PYTHON"),
+        help="the PyTorch venv's python (default $NSTYLE_TORCH_PYTHON)",
+    )
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch threads (default: all cores, as torch does; on a loaded machine its OpenMP "
+        "barriers make 1 thread faster than 2, so try both)",
+    )
+    ap.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="nstyle uses a persistent XLA cache (as nstyle-stylize does), warmed by one untimed run "
+        "per size first: the time of any run after the first",
+    )
     ap.add_argument("--xla-cache", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write all per-run results to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -107,21 +134,40 @@ def main(argv=None) -> None:
             if args.warm_cache:
                 ours += ["--xla-cache", str(Path(tmp) / "xla")]
                 _run(ours)  # untimed: fills the cache
-            theirs = [args.torch_python, str(TORCH_SCRIPT), "--images", npz, "--steps", str(args.steps),
-                      "--threads", str(args.torch_threads)]
+            theirs = [
+                args.torch_python,
+                str(TORCH_SCRIPT),
+                "--images",
+                npz,
+                "--steps",
+                str(args.steps),
+                "--threads",
+                str(args.torch_threads),
+            ]
             for r in range(args.rounds):
-                for name, cmd in ([("nstyle", ours), ("torch", theirs)] if r % 2 == 0 else [("torch", theirs), ("nstyle", ours)]):
+                for name, cmd in (
+                    [("nstyle", ours), ("torch", theirs)] if r % 2 == 0 else [("torch", theirs), ("nstyle", ours)]
+                ):
                     res = {**_run(cmd), "size": size, "round": r}
                     runs.append(res)
-                    print(f"  {name:6s} {size}px round {r} threads {res.get('threads', '-')}: end to end {res['end_to_end_s']:7.1f} s "
-                          f"(iterations {res['optimize_s']:6.1f} s, compile {res.get('compile_s', 0):5.1f} s), "
-                          f"{res['iterations']} it, {res['evals']} evals, loss {res['loss_first']:.4g} -> {res['loss_final']:.4g}",
-                          flush=True)
+                    print(
+                        f"  {name:6s} {size}px round {r} threads {res.get('threads', '-')}: "
+                        f"end to end {res['end_to_end_s']:7.1f} s "
+                        f"(iterations {res['optimize_s']:6.1f} s, compile {res.get('compile_s', 0):5.1f} s), "
+                        f"{res['iterations']} it, {res['evals']} evals, "
+                        f"loss {res['loss_first']:.4g} -> {res['loss_final']:.4g}",
+                        flush=True,
+                    )
     dev = runinfo.device_info()
     cache = "warm persistent XLA cache" if args.warm_cache else "cold compilation"
-    print(f"\n{args.steps} L-BFGS iterations, {dev['cpu_count']} CPUs ({dev['machine']}), nstyle with {cache}, "
-          f"medians over {args.rounds} round(s):")
-    print("| size | nstyle end-to-end s | torch end-to-end s | nstyle/torch | nstyle iterations s | torch iterations s | nstyle/torch (iterations) |")
+    print(
+        f"\n{args.steps} L-BFGS iterations, {dev['cpu_count']} CPUs ({dev['machine']}), nstyle with {cache}, "
+        f"medians over {args.rounds} round(s):"
+    )
+    print(
+        "| size | nstyle end-to-end s | torch end-to-end s | nstyle/torch | nstyle iterations s "
+        "| torch iterations s | nstyle/torch (iterations) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         med = lambda fw, k: statistics.median(r[k] for r in runs if r["size"] == size and r["framework"] == fw)  # noqa: E731

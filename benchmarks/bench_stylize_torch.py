@@ -27,9 +27,19 @@ from pathlib import Path
 import numpy as np
 
 CONVS = (  # VGG19 up to conv5_1: (name, pools before it)
-    ("conv1_1", 0), ("conv1_2", 0), ("conv2_1", 1), ("conv2_2", 1),
-    ("conv3_1", 2), ("conv3_2", 2), ("conv3_3", 2), ("conv3_4", 2),
-    ("conv4_1", 3), ("conv4_2", 3), ("conv4_3", 3), ("conv4_4", 3), ("conv5_1", 4),
+    ("conv1_1", 0),
+    ("conv1_2", 0),
+    ("conv2_1", 1),
+    ("conv2_2", 1),
+    ("conv3_1", 2),
+    ("conv3_2", 2),
+    ("conv3_3", 2),
+    ("conv3_4", 2),
+    ("conv4_1", 3),
+    ("conv4_2", 3),
+    ("conv4_3", 3),
+    ("conv4_4", 3),
+    ("conv5_1", 4),
 )
 CONTENT, STYLE = "conv4_2", ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 ALPHA, BETA, W_STYLE = 1.0, 1e3, 0.2
@@ -42,8 +52,12 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--memory", type=int, default=10, help="L-BFGS history (nstyle's default: 10)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores this process may use)")
-    ap.add_argument("--no-normalise", dest="normalise", action="store_false",
-                    help="optimise the raw loss (torch's L-BFGS then diverges to NaN at this scale)")
+    ap.add_argument(
+        "--no-normalise",
+        dest="normalise",
+        action="store_false",
+        help="optimise the raw loss (torch's L-BFGS then diverges to NaN at this scale)",
+    )
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -54,8 +68,13 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     cache = Path(os.environ.get("NSTYLE_CACHE_DIR") or Path.home() / ".cache" / "nstyle") / "vgg19.npz"
     with np.load(cache, allow_pickle=False) as z:
-        weights = {n: (torch.from_numpy(np.ascontiguousarray(z[f"{n}/kernel"].transpose(3, 2, 0, 1))),  # HWIO -> OIHW
-                       torch.from_numpy(z[f"{n}/bias"].copy())) for n, _ in CONVS}
+        weights = {
+            n: (
+                torch.from_numpy(np.ascontiguousarray(z[f"{n}/kernel"].transpose(3, 2, 0, 1))),  # HWIO -> OIHW
+                torch.from_numpy(z[f"{n}/bias"].copy()),
+            )
+            for n, _ in CONVS
+        }
     with np.load(args.images) as z:
         content = torch.from_numpy(z["content"]).permute(2, 0, 1)[None].contiguous()  # (1, 3, H, W)
         style = torch.from_numpy(z["style"]).permute(2, 0, 1)[None].contiguous()
@@ -95,8 +114,16 @@ def main(argv=None) -> None:
     # starting value (a constant: same minimiser, same work per iteration) avoids that.
     with torch.no_grad():
         scale = 1.0 / float(loss_terms(x)) if args.normalise else 1.0
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=args.steps, max_eval=10 * args.steps, history_size=args.memory,
-                            tolerance_grad=-1.0, tolerance_change=-1.0, line_search_fn=None)
+    opt = torch.optim.LBFGS(
+        [x],
+        lr=1.0,
+        max_iter=args.steps,
+        max_eval=10 * args.steps,
+        history_size=args.memory,
+        tolerance_grad=-1.0,
+        tolerance_change=-1.0,
+        line_search_fn=None,
+    )
     evals, history = [0], []
 
     def closure():
@@ -114,12 +141,27 @@ def main(argv=None) -> None:
     with torch.no_grad():
         final = float(loss_terms(x))  # the result's loss, as nstyle reports it (inside the timing there too)
     t_end = time.perf_counter()
-    print("RESULT " + json.dumps({
-        "framework": "torch", "version": torch.__version__, "threads": torch.get_num_threads(),
-        "shape": list(content.shape[2:]), "iterations": int(iters), "evals": evals[0],
-        "end_to_end_s": t_end - t0, "optimize_s": t_end - t_opt, "setup_s": t_opt - t0, "import_s": t0 - t_start,
-        "loss_first": history[0], "loss_final": final, "normalised": args.normalise,
-    }), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "framework": "torch",
+                "version": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "shape": list(content.shape[2:]),
+                "iterations": int(iters),
+                "evals": evals[0],
+                "end_to_end_s": t_end - t0,
+                "optimize_s": t_end - t_opt,
+                "setup_s": t_opt - t0,
+                "import_s": t0 - t_start,
+                "loss_first": history[0],
+                "loss_final": final,
+                "normalised": args.normalise,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

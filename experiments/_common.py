@@ -89,8 +89,10 @@ def check_publish(cfg: ReconstructionSchema, names: Sequence[str]) -> Path | Non
     dest = Path(cfg.publish)
     existing = [n for n in names if (dest / n).exists()]
     if existing and not cfg.overwrite:
-        raise ExperimentError(f"publish={dest} already holds {', '.join(existing)}; "
-                              "add overwrite=true to replace them, or publish elsewhere")
+        raise ExperimentError(
+            f"publish={dest} already holds {', '.join(existing)}; "
+            "add overwrite=true to replace them, or publish elsewhere"
+        )
     return dest
 
 
@@ -200,9 +202,15 @@ def cached(out: Path, tag: str, fingerprint: dict, resume: bool, fn) -> Reconstr
                 meta = json.loads(str(z["meta"]))
                 return Reconstruction(image=z["image"], **meta)
     r = fn()
-    rec = Reconstruction(image=r.image, history=_io.to_jsonable(r.history), final=_io.to_jsonable(r.final),
-                         evals=int(r.evals), iterations=int(r.iterations), wall_s=float(r.wall_s),
-                         compile_s=float(r.compile_s))
+    rec = Reconstruction(
+        image=r.image,
+        history=_io.to_jsonable(r.history),
+        final=_io.to_jsonable(r.final),
+        evals=int(r.evals),
+        iterations=int(r.iterations),
+        wall_s=float(r.wall_s),
+        compile_s=float(r.compile_s),
+    )
     meta = {k: getattr(rec, k) for k in ("history", "final", "evals", "iterations", "wall_s", "compile_s")}
     _io.save_npz(path, {"image": rec.image, "fingerprint": np.asarray(fp), "meta": np.asarray(json.dumps(meta))})
     return rec

@@ -21,9 +21,11 @@ from nstyle.cli import collect
 
 
 def parse(prog: str, doc: str, argv: Sequence[str] | None):
-    p = argparse.ArgumentParser(prog=prog, description=doc.strip().splitlines()[0],
-                                epilog="Other arguments are Hydra overrides for nstyle-stylize (size=256 steps=300 "
-                                       "+launcher=joblib ...).")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=doc.strip().splitlines()[0],
+        epilog="Other arguments are Hydra overrides for nstyle-stylize (size=256 steps=300 +launcher=joblib ...).",
+    )
     p.add_argument("--batched", action="store_true", help="optimise members that differ only in α/β as one batch")
     p.add_argument("--sweep-dir", default=None, help="where the jobs go (default: multirun/<name>/<time>)")
     p.add_argument("--publish", default=None, help="copy figure and table here (e.g. experiments/results)")

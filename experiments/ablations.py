@@ -31,8 +31,10 @@ ABLATIONS = {
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*ABLATIONS, "all"):
-        print(f"usage: python -m experiments.ablations {{{'|'.join(ABLATIONS)}|all}} [overrides] [--publish DIR]",
-              file=sys.stderr)
+        print(
+            f"usage: python -m experiments.ablations {{{'|'.join(ABLATIONS)}|all}} [overrides] [--publish DIR]",
+            file=sys.stderr,
+        )
         return 2
     which = list(ABLATIONS) if argv[0] == "all" else [argv[0]]
     for name in which:

@@ -27,8 +27,14 @@ NAME = "alpha_beta_grid"
 
 def main(argv=None) -> int:
     args, overrides = _sweep.parse(f"python -m experiments.{NAME}", __doc__, argv)
-    _sweep.run_sweep(NAME, args, overrides, rows="loss.beta", cols="loss.style_layers",
-                     title="Style transfer: α/β × deepest style layer")
+    _sweep.run_sweep(
+        NAME,
+        args,
+        overrides,
+        rows="loss.beta",
+        cols="loss.style_layers",
+        title="Style transfer: α/β × deepest style layer",
+    )
     return 0
 
 

@@ -48,8 +48,15 @@ def reconstruct(params, target: np.ndarray, layer: str, cfg: ContentReconstructi
     """Match only ``layer``'s content features of ``target`` (H, W, 3), starting from noise."""
     from nstyle import losses, optimize
 
-    loss = losses.PerceptualLoss(content_layers=(layer,), content_weights=(1.0,), style_layers=(), style_weights=(),
-                                 alpha=1.0, beta=0.0, pooling=cfg.pooling)
+    loss = losses.PerceptualLoss(
+        content_layers=(layer,),
+        content_weights=(1.0,),
+        style_layers=(),
+        style_weights=(),
+        alpha=1.0,
+        beta=0.0,
+        pooling=cfg.pooling,
+    )
     return optimize.stylize(params, loss, content=target, styles=[], init=cfg.init, key=key, optim=cfg.optim.build())
 
 
@@ -74,8 +81,9 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
     for layer in cfg.layers:
         t0 = time.perf_counter()
         fingerprint = {"layer": layer, **_common.dump_config(cfg), "publish": None, "overwrite": None, "resume": None}
-        r = _common.cached(out, f"layer_{layer}", fingerprint, cfg.resume,
-                           lambda: reconstruct(params, original, layer, cfg, key))  # the same noise for every layer
+        r = _common.cached(
+            out, f"layer_{layer}", fingerprint, cfg.resume, lambda: reconstruct(params, original, layer, cfg, key)
+        )  # the same noise for every layer
         images.save_image(out / f"recon_{layer}.png", r.image)
         hist = np.asarray(r.history.get("content", r.history.get("loss", [])), np.float64)
         clipped = content_loss_of(params, r.image, original, layer, cfg.pooling)  # the saved image, in [0, 1]
@@ -83,7 +91,9 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
             "layer": layer,
             "content_loss": clipped,
             "content_loss_rel": clipped / hist[0] if len(hist) and hist[0] > 0 else None,
-            "content_loss_unclipped": r.final["content"],  # the optimiser's result, its best evaluated iterate (pixels unconstrained)
+            "content_loss_unclipped": r.final[
+                "content"
+            ],  # the optimiser's result, its best evaluated iterate (pixels unconstrained)
             "pixel_mse": metrics.pixel_mse(r.image, original),
             "psnr_db": metrics.psnr(r.image, original),
             "lpips": _common.lpips(r.image, original, cfg.lpips_net),
@@ -97,28 +107,63 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
         if len(hist):
             curves[layer] = hist / hist[0]  # scales differ by orders of magnitude across layers
         histories[layer] = r.history
-        log.info("%s: content loss %.4g, MSE %.5f, PSNR %.2f dB, LPIPS %s (%.1f s)", layer, row["content_loss"],
-                 row["pixel_mse"], row["psnr_db"], row["lpips"], time.perf_counter() - t0)
+        log.info(
+            "%s: content loss %.4g, MSE %.5f, PSNR %.2f dB, LPIPS %s (%.1f s)",
+            layer,
+            row["content_loss"],
+            row["pixel_mse"],
+            row["psnr_db"],
+            row["lpips"],
+            time.perf_counter() - t0,
+        )
 
     mses = [r["pixel_mse"] for r in rows]
     rising = all(b >= a for a, b in zip(mses, mses[1:]))
     if not rising:
         log.warning("pixel MSE does not rise monotonically with depth: %s", [f"{m:.4g}" for m in mses])
-    settings = {"image": cfg.image, "size": f"{original.shape[1]}×{original.shape[0]}", "init": cfg.init,
-                "pooling": cfg.pooling, "seed": cfg.seed, **_common.settings_of(cfg, ["network"])}
-    sub = [f"MSE {r['pixel_mse']:.4f}  PSNR {r['psnr_db']:.1f} dB" + (f"\nLPIPS {r['lpips']:.3f}" if r["lpips"] is not None else "")
-           for r in rows]
-    fig = figures.image_row([original, *recons], ["original", *cfg.layers], sublabels=["", *sub],
-                            title="Content reconstructions from white noise, one VGG layer each", settings=settings)
+    settings = {
+        "image": cfg.image,
+        "size": f"{original.shape[1]}×{original.shape[0]}",
+        "init": cfg.init,
+        "pooling": cfg.pooling,
+        "seed": cfg.seed,
+        **_common.settings_of(cfg, ["network"]),
+    }
+    sub = [
+        f"MSE {r['pixel_mse']:.4f}  PSNR {r['psnr_db']:.1f} dB"
+        + (f"\nLPIPS {r['lpips']:.3f}" if r["lpips"] is not None else "")
+        for r in rows
+    ]
+    fig = figures.image_row(
+        [original, *recons],
+        ["original", *cfg.layers],
+        sublabels=["", *sub],
+        title="Content reconstructions from white noise, one VGG layer each",
+        settings=settings,
+    )
     fig_path = figures.save_figure(fig, out / f"{NAME}.png")
-    fig = figures.loss_curves(curves, title="Content loss during reconstruction (relative to its start)",
-                              ylabel="content loss / initial", settings=settings, legend_title="layer")
+    fig = figures.loss_curves(
+        curves,
+        title="Content loss during reconstruction (relative to its start)",
+        ylabel="content loss / initial",
+        settings=settings,
+        legend_title="layer",
+    )
     curves_path = figures.save_figure(fig, out / f"{NAME}_curves.png")
     csv_path, md_path = _common.write_table(rows, out, NAME)
-    _common.write_metrics(out, {
-        "experiment": NAME, "config": _common.dump_config(cfg), "rows": rows, "pixel_mse_rises_with_depth": rising,
-        "image_shape": list(original.shape), "history": histories,
-    }, seed=cfg.seed, params=params)
+    _common.write_metrics(
+        out,
+        {
+            "experiment": NAME,
+            "config": _common.dump_config(cfg),
+            "rows": rows,
+            "pixel_mse_rises_with_depth": rising,
+            "image_shape": list(original.shape),
+            "history": histories,
+        },
+        seed=cfg.seed,
+        params=params,
+    )
     published = _common.publish([csv_path, md_path, fig_path, curves_path], dest)
     for p in published:
         log.info("published %s", p)

@@ -56,8 +56,15 @@ def style_loss_spec(layers, pooling: str):
     from nstyle import losses
 
     n = len(layers)
-    return losses.PerceptualLoss(content_layers=(), content_weights=(), style_layers=tuple(layers),
-                                 style_weights=(1.0 / n,) * n, alpha=0.0, beta=1.0, pooling=pooling)
+    return losses.PerceptualLoss(
+        content_layers=(),
+        content_weights=(),
+        style_layers=tuple(layers),
+        style_weights=(1.0 / n,) * n,
+        alpha=0.0,
+        beta=1.0,
+        pooling=pooling,
+    )
 
 
 def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
@@ -81,9 +88,22 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
         label = subset_label(subset)
         t0 = time.perf_counter()
         fingerprint = {"subset": subset, **_common.dump_config(cfg), "publish": None, "overwrite": None, "resume": None}
-        r = _common.cached(out, f"subset_{k}", fingerprint, cfg.resume, lambda: optimize.stylize(
-            params, style_loss_spec(subset, cfg.pooling), content=None, styles=[style], shape=style.shape[:2],
-            init=cfg.init, key=key, optim=cfg.optim.build()))
+        r = _common.cached(
+            out,
+            f"subset_{k}",
+            fingerprint,
+            cfg.resume,
+            lambda: optimize.stylize(
+                params,
+                style_loss_spec(subset, cfg.pooling),
+                content=None,
+                styles=[style],
+                shape=style.shape[:2],
+                init=cfg.init,
+                key=key,
+                optim=cfg.optim.build(),
+            ),
+        )
         images.save_image(out / f"recon_{k}_{subset[-1]}.png", r.image)
         total, aux = evaluate(jax.numpy.asarray(r.image[None]), params, full_targets, full_w)
         d16 = metrics.style_distances(r.image, style)  # Gram distances under an independent network
@@ -112,28 +132,59 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
         if len(hist) and hist[0] > 0:
             curves[label] = hist / hist[0]
         histories[label] = r.history
-        log.info("%s: style loss %.4g, all-layer loss %.4g, corr length %.2f px (style %.2f), %.1f s", label,
-                 row["style_loss"], row["style_loss_all"], row["corr_length_px"], style_corr, time.perf_counter() - t0)
+        log.info(
+            "%s: style loss %.4g, all-layer loss %.4g, corr length %.2f px (style %.2f), %.1f s",
+            label,
+            row["style_loss"],
+            row["style_loss_all"],
+            row["corr_length_px"],
+            style_corr,
+            time.perf_counter() - t0,
+        )
 
     alls = [r["style_loss_all"] for r in rows]
     falling = all(b <= a for a, b in zip(alls, alls[1:]))
-    settings = {"image": cfg.image, "size": f"{style.shape[1]}×{style.shape[0]}", "init": cfg.init,
-                "pooling": cfg.pooling, "seed": cfg.seed, "w_l": "1/|subset|", **_common.settings_of(cfg, ["network"])}
+    settings = {
+        "image": cfg.image,
+        "size": f"{style.shape[1]}×{style.shape[0]}",
+        "init": cfg.init,
+        "pooling": cfg.pooling,
+        "seed": cfg.seed,
+        "w_l": "1/|subset|",
+        **_common.settings_of(cfg, ["network"]),
+    }
     sub = [f"all-layer loss {r['style_loss_all']:.3g}\ncorr. length {r['corr_length_px']:.1f} px" for r in rows]
-    fig = figures.image_row([style, *recons], ["style image", *[r["subset"] for r in rows]],
-                            sublabels=[f"corr. length {style_corr:.1f} px", *sub],
-                            title="Style reconstructions from white noise, Gram matrices of growing layer subsets",
-                            settings=settings)
+    fig = figures.image_row(
+        [style, *recons],
+        ["style image", *[r["subset"] for r in rows]],
+        sublabels=[f"corr. length {style_corr:.1f} px", *sub],
+        title="Style reconstructions from white noise, Gram matrices of growing layer subsets",
+        settings=settings,
+    )
     fig_path = figures.save_figure(fig, out / f"{NAME}.png")
-    fig = figures.loss_curves(curves, title="Style loss of the optimised subset (relative to its start)",
-                              ylabel="style loss / initial", settings=settings, legend_title="subset")
+    fig = figures.loss_curves(
+        curves,
+        title="Style loss of the optimised subset (relative to its start)",
+        ylabel="style loss / initial",
+        settings=settings,
+        legend_title="subset",
+    )
     curves_path = figures.save_figure(fig, out / f"{NAME}_curves.png")
     csv_path, md_path = _common.write_table(rows, out, NAME)
-    _common.write_metrics(out, {
-        "experiment": NAME, "config": _common.dump_config(cfg), "rows": rows,
-        "all_layer_loss_falls_with_depth": falling, "corr_length_style_px": style_corr,
-        "image_shape": list(style.shape), "history": histories,
-    }, seed=cfg.seed, params=params)
+    _common.write_metrics(
+        out,
+        {
+            "experiment": NAME,
+            "config": _common.dump_config(cfg),
+            "rows": rows,
+            "all_layer_loss_falls_with_depth": falling,
+            "corr_length_style_px": style_corr,
+            "image_shape": list(style.shape),
+            "history": histories,
+        },
+        seed=cfg.seed,
+        params=params,
+    )
     for p in _common.publish([csv_path, md_path, fig_path, curves_path], dest):
         log.info("published %s", p)
     return {"rows": rows, "falling": falling, "figure": fig_path, "csv": csv_path}
@@ -144,8 +195,11 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
 def main(cfg) -> None:
     cfg = OmegaConf.to_object(cfg)
     res = run(cfg, _common.run_dir())
-    print(collect.to_markdown(res["rows"], ["subset", "style_loss", "style_loss_all", "corr_length_px",
-                                                    "vgg16_gram_dist", "wall_time_s"]))
+    print(
+        collect.to_markdown(
+            res["rows"], ["subset", "style_loss", "style_loss_all", "corr_length_px", "vgg16_gram_dist", "wall_time_s"]
+        )
+    )
     print(f"figure: {res['figure']}")
 
 

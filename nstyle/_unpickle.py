@@ -75,7 +75,7 @@ class _StorageView:
     def data(self) -> np.ndarray | None:
         if self.root.data is None:
             return None
-        return self.root.data[self.offset:self.offset + self.size]
+        return self.root.data[self.offset : self.offset + self.size]
 
 
 def _int_tuple(x, what: str) -> tuple[int, ...]:
@@ -109,7 +109,7 @@ class _LazyTensor:
         if not self.size:
             return np.array(data[self.offset])
         view = np.lib.stride_tricks.as_strided(
-            data[self.offset:],
+            data[self.offset :],
             shape=self.size,
             strides=tuple(st * data.dtype.itemsize for st in self.stride),
             writeable=False,
@@ -191,9 +191,21 @@ def _materialize(obj, what: str):
 
 
 # What a truncated or garbled pickle/zip raises; all become WeightFileError
-_CORRUPT = (pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError, IndexError,
-            KeyError, AttributeError, zipfile.BadZipFile, OverflowError, MemoryError, RecursionError,
-            SystemError)  # CPython's unpickler reports some garbled lengths as SystemError
+_CORRUPT = (
+    pickle.UnpicklingError,
+    EOFError,
+    struct.error,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    zipfile.BadZipFile,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+    SystemError,
+)  # CPython's unpickler reports some garbled lengths as SystemError
 
 
 def _load(unpickler: pickle.Unpickler, f: io.BytesIO):
@@ -313,8 +325,12 @@ class _DTypeStub:
 
     def __setstate__(self, state):
         # (version, byte order, subarray, names, fields, elsize, alignment, flags)
-        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in ("<", ">", "|", "=")
-                and all(x is None for x in state[2:5])):
+        if not (
+            isinstance(state, tuple)
+            and len(state) >= 5
+            and state[1] in ("<", ">", "|", "=")
+            and all(x is None for x in state[2:5])
+        ):
             raise WeightFileError(f"unsupported dtype state {state!r:.80}")
         if state[1] in ("<", ">"):
             self.dtype = self.dtype.newbyteorder(state[1])

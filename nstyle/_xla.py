@@ -27,8 +27,9 @@ def conv_choice() -> str:
     """The CPU convolution implementation asked for by ``NSTYLE_CPU_CONV`` (default ``eigen``)."""
     value = os.environ.get(CONV_ENV, "eigen").strip().lower() or "eigen"
     if value not in CONV_CHOICES:
-        raise ValueError(f"{CONV_ENV}={value!r} is not one of {', '.join(CONV_CHOICES)}; "
-                         f"unset it or set {CONV_ENV}=eigen")
+        raise ValueError(
+            f"{CONV_ENV}={value!r} is not one of {', '.join(CONV_CHOICES)}; unset it or set {CONV_ENV}=eigen"
+        )
     return value
 
 

@@ -35,8 +35,10 @@ class CheckpointError(UserError, ValueError):
 
 def flatten(tree: Any) -> dict[str, np.ndarray]:
     """Any pytree -> {'a/b/c': array}, '/'-joining its key path (dict keys, attribute names, indices)."""
-    return {"/".join(_key_name(k) for k in path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        "/".join(_key_name(k) for k in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def _key_name(k) -> str:
@@ -94,14 +96,17 @@ def restore(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
     missing = sorted(set(want) - set(flat))
     extra = sorted(set(flat) - set(want))
     if missing or extra:
-        raise CheckpointError(f"{path}: does not match this run's state (missing {missing[:3]}, unexpected {extra[:3]}); "
-                              f"was it written with another network or optimiser config?")
+        raise CheckpointError(
+            f"{path}: does not match this run's state (missing {missing[:3]}, unexpected {extra[:3]}); "
+            f"was it written with another network or optimiser config?"
+        )
     leaves = []
     for key, ref in zip(want, jax.tree_util.tree_leaves(like)):
         arr = flat[key]
         if arr.shape != np.shape(ref) or arr.dtype != np.asarray(ref).dtype:
-            raise CheckpointError(f"{path}: '{key}' is {arr.dtype}{arr.shape}, this run expects "
-                                  f"{np.asarray(ref).dtype}{np.shape(ref)}")
+            raise CheckpointError(
+                f"{path}: '{key}' is {arr.dtype}{arr.shape}, this run expects {np.asarray(ref).dtype}{np.shape(ref)}"
+            )
         leaves.append(arr)
     return jax.tree_util.tree_unflatten(treedef, leaves), info
 

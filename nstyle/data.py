@@ -49,7 +49,9 @@ class ImageFolder:
     def scan(cls, root: str | os.PathLike) -> ImageFolder:
         root_p = Path(root).expanduser()
         if not root_p.is_dir():
-            raise DataError(f"data folder '{root}' does not exist or is not a folder; give data=DIR with training photos")
+            raise DataError(
+                f"data folder '{root}' does not exist or is not a folder; give data=DIR with training photos"
+            )
         files, ignored = [], 0
         for dirpath, dirnames, filenames in os.walk(root_p):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -61,7 +63,10 @@ class ImageFolder:
                 else:
                     ignored += 1
         if not files:
-            raise DataError(f"data folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)}); point data= at a folder of photos")
+            raise DataError(
+                f"data folder '{root}' holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                "point data= at a folder of photos"
+            )
         return cls(root=str(root_p), files=tuple(sorted(files)), ignored=ignored)
 
     def __len__(self) -> int:
@@ -91,16 +96,24 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, scale: t
     side = max(1, int(round(rng.uniform(*scale) * min(h, w))))
     top = int(rng.integers(0, h - side + 1))
     left = int(rng.integers(0, w - side + 1))
-    crop = image[top: top + side, left: left + side]  # (side, side, 3)
+    crop = image[top : top + side, left : left + side]  # (side, side, 3)
     return images.resize(crop, (size, size))  # (size, size, 3); flips happen on the device
 
 
 class Batches:
     """Iterator of (batch, size, size, 3) float32 batches from ``start`` on; see the module docstring."""
 
-    def __init__(self, folder: ImageFolder, size: int, batch: int, seed: int, start: int = 0,
-                 scale: tuple[float, float] = (0.6, 1.0), load: Callable[[str], np.ndarray] | None = None,
-                 shard: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        folder: ImageFolder,
+        size: int,
+        batch: int,
+        seed: int,
+        start: int = 0,
+        scale: tuple[float, float] = (0.6, 1.0),
+        load: Callable[[str], np.ndarray] | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ):
         self.folder, self.size, self.batch, self.seed = folder, int(size), int(batch), int(seed)
         # multi-host: process i of n loads only its slice of each global batch
         self.shard_index, self.shard_count = int(shard[0]), int(shard[1])
@@ -152,6 +165,7 @@ class Batches:
 
 def _load_for_training(size: int, min_scale: float) -> Callable[[str], np.ndarray]:
     """Read a file, shrinking huge photos first: the crop never needs more than ~2× its output size."""
+
     def load(path: str) -> np.ndarray:
         img = images.load_image(path)
         h, w = img.shape[:2]
@@ -160,6 +174,7 @@ def _load_for_training(size: int, min_scale: float) -> Callable[[str], np.ndarra
             s = need / min(h, w)
             img = images.resize(img, (max(1, round(h * s)), max(1, round(w * s))))
         return img
+
     return load
 
 

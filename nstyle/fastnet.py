@@ -84,8 +84,13 @@ class ConvIN(nn.Module):
         x = _reflect(x, self.kernel // 2)
         # no bias before instance norm: IN subtracts the channel mean, so a bias's gradient is
         # rounding noise, which Adam would amplify into ±lr steps of a parameter that does nothing
-        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride), padding="VALID",
-                    use_bias=not self.norm)(x)
+        x = nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            strides=(self.stride, self.stride),
+            padding="VALID",
+            use_bias=not self.norm,
+        )(x)
         if self.norm:
             # per image and channel over (H, W), with a learnt scale and shift
             x = nn.InstanceNorm(epsilon=self.epsilon, use_bias=self.shift)(x)
@@ -151,7 +156,9 @@ def apply(cfg: FastNetConfig, params: Any, images: jax.Array) -> jax.Array:
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be (B, H, W, 3) RGB, got shape {tuple(images.shape)}")
     if images.shape[1] % 4 or images.shape[2] % 4:
-        raise ValueError(f"H and W must be multiples of 4 (two stride-2 stages), got {images.shape[1:3]}; use stylize()")
+        raise ValueError(
+            f"H and W must be multiples of 4 (two stride-2 stages), got {images.shape[1:3]}; use stylize()"
+        )
     return FastNet(cfg).apply({"params": params}, images)
 
 
@@ -170,7 +177,7 @@ def stylize(cfg: FastNetConfig, params: Any, images: jax.Array) -> jax.Array:
     padded, (h, w) = pad_to_multiple(images, 4)
     ph, pw = padded.shape[1] - h, padded.shape[2] - w
     out = apply(cfg, params, padded)
-    return out[:, ph // 2: ph // 2 + h, pw // 2: pw // 2 + w, :]
+    return out[:, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w, :]
 
 
 def param_count(params: Any) -> int:
@@ -208,9 +215,11 @@ def load_model(path) -> tuple[FastNetConfig, dict, dict]:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
             if "__model__" not in files:
-                raise ModelFileError(f"{path}: not an nstyle FastNet model (no '__model__' entry); export one with nstyle-train")
+                raise ModelFileError(
+                    f"{path}: not an nstyle FastNet model (no '__model__' entry); export one with nstyle-train"
+                )
             header = json.loads(str(z["__model__"]))
-            flat = {k[len("params/"):]: z[k] for k in files if k.startswith("params/")}
+            flat = {k[len("params/") :]: z[k] for k in files if k.startswith("params/")}
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such model file; give the model.npz written by nstyle-train") from None
     except IsADirectoryError:
@@ -218,11 +227,18 @@ def load_model(path) -> tuple[FastNetConfig, dict, dict]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as e:
         if isinstance(e, ModelFileError):
             raise
-        raise ModelFileError(f"{path}: not a readable nstyle model ({type(e).__name__}); give the model.npz written by nstyle-train") from None
+        raise ModelFileError(
+            f"{path}: not a readable nstyle model ({type(e).__name__}); give the model.npz written by nstyle-train"
+        ) from None
     if header.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{path}: format '{header.get('format')}' is not '{MODEL_FORMAT}'; give a model written by nstyle-train")
+        raise ModelFileError(
+            f"{path}: format '{header.get('format')}' is not '{MODEL_FORMAT}'; give a model written by nstyle-train"
+        )
     if int(header.get("version", 0)) > MODEL_VERSION:
-        raise ModelFileError(f"{path}: model format version {header.get('version')} is newer than this nstyle ({MODEL_VERSION}); upgrade nstyle")
+        raise ModelFileError(
+            f"{path}: model format version {header.get('version')} is newer than this nstyle ({MODEL_VERSION}); "
+            "upgrade nstyle"
+        )
     cfg = FastNetConfig(**header["fastnet"])
     params = jax.tree_util.tree_map(jnp.asarray, traverse_util.unflatten_dict(flat, sep="/"))
     # a wrong-shaped tree fails here, with the names, not deep inside a convolution

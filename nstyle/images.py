@@ -86,7 +86,7 @@ class ImageError(UserError, ValueError):
 def resolve(spec: str | os.PathLike) -> Path:
     """``"builtin:chelsea"`` -> the bundled file; any other string or path -> ``Path(spec)`` (``~`` expanded)."""
     if isinstance(spec, str) and spec.startswith(BUILTIN_PREFIX):
-        name = spec[len(BUILTIN_PREFIX):]
+        name = spec[len(BUILTIN_PREFIX) :]
         if name not in BUILTIN:
             known = ", ".join(sorted(BUILTIN)) or "none (scikit-image is not installed)"
             raise ImageError(f"{spec}: no such built-in image; choose one of: {known}")
@@ -113,18 +113,24 @@ def _open_quietly(path: Path, label: str) -> Image.Image:
     except PermissionError:
         raise ImageError(f"{label}: permission denied; make the file readable (chmod +r) or copy it") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image file (cannot identify image format); give a PNG/JPEG/TIFF/WebP/BMP file") from None
+        raise ImageError(
+            f"{label}: not an image file (cannot identify image format); give a PNG/JPEG/TIFF/WebP/BMP file"
+        ) from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{label}: image too large to open safely ({e}); downscale it first") from None
     except OSError as e:
         if e.errno is None:  # raised by a Pillow decoder, not the file system
-            raise ImageError(f"{label}: corrupt or truncated image data ({e}); re-export or re-download the file") from None
+            raise ImageError(
+                f"{label}: corrupt or truncated image data ({e}); re-export or re-download the file"
+            ) from None
         raise ImageError(f"{label}: cannot read file ({e.strerror or e}); check the file and its disk") from None
     try:
         im.load()  # decode now: truncated/corrupt data fails here, not later
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         im.close()
-        raise ImageError(f"{label}: corrupt or truncated {im.format or 'image'} data ({e}); re-export or re-download the file") from None
+        raise ImageError(
+            f"{label}: corrupt or truncated {im.format or 'image'} data ({e}); re-export or re-download the file"
+        ) from None
     return im
 
 
@@ -159,7 +165,9 @@ def _to_float_rgb(im: Image.Image, label: str) -> np.ndarray:
         # 32-bit int: 16-bit PNGs arrive as "I" in older Pillow, so values <= 65535 are 16-bit
         a = np.asarray(im).astype(np.float64)
         if a.min() < 0:
-            raise ImageError(f"{label}: signed integer image with negative values; convert it to 8/16-bit RGB or grayscale")
+            raise ImageError(
+                f"{label}: signed integer image with negative values; convert it to 8/16-bit RGB or grayscale"
+            )
         scale = 65535.0 if a.max() <= 65535 else float(2**32 - 1)
         return np.repeat((a / scale).astype(np.float32)[..., None], 3, axis=-1)
     if mode == "F":
@@ -237,7 +245,10 @@ def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"target shape must be positive, got {(h, w)}")
     if image.shape[:2] == (h, w):
         return image.copy()
-    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F").resize((w, h), RESAMPLE)) for c in range(image.shape[-1])]
+    chans = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F").resize((w, h), RESAMPLE))
+        for c in range(image.shape[-1])
+    ]
     return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32)  # (h, w, C)
 
 
@@ -315,8 +326,10 @@ def tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 4) -> np.ndarray:
     width = max(s.shape[1] for s in strips)
     out = []
     for s in strips:
-        out += [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=1.0),
-                np.ones((pad, width, 3), np.float32)]
+        out += [
+            np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=1.0),
+            np.ones((pad, width, 3), np.float32),
+        ]
     return np.concatenate(out[:-1], axis=0)
 
 

@@ -122,12 +122,18 @@ class PerceptualLoss:
 
     def __post_init__(self):
         if len(self.content_layers) != len(self.content_weights):
-            raise ValueError(f"{len(self.content_layers)} content layers but {len(self.content_weights)} content weights")
+            raise ValueError(
+                f"{len(self.content_layers)} content layers but {len(self.content_weights)} content weights"
+            )
         if len(self.style_layers) != len(self.style_weights):
             raise ValueError(f"{len(self.style_layers)} style layers but {len(self.style_weights)} style weights")
-        for what, v in [("alpha", self.alpha), ("beta", self.beta), ("tv_weight", self.tv_weight),
-                        *[("content weight", w) for w in self.content_weights],
-                        *[("style weight", w) for w in self.style_weights]]:
+        for what, v in [
+            ("alpha", self.alpha),
+            ("beta", self.beta),
+            ("tv_weight", self.tv_weight),
+            *[("content weight", w) for w in self.content_weights],
+            *[("style weight", w) for w in self.style_weights],
+        ]:
             if v < 0:
                 raise ValueError(f"{what} must be >= 0, got {v}")
         if self.pooling not in vgg.POOLINGS:
@@ -178,8 +184,12 @@ def blend_weights(blend: Sequence[float] | None, n: int) -> np.ndarray:
     return (b / b.sum()).astype(np.float32)
 
 
-def style_targets(params: vgg.VGGParams, styles: Sequence[jax.Array], loss: PerceptualLoss,
-                  blend: jax.Array | np.ndarray | None = None) -> dict:
+def style_targets(
+    params: vgg.VGGParams,
+    styles: Sequence[jax.Array],
+    loss: PerceptualLoss,
+    blend: jax.Array | np.ndarray | None = None,
+) -> dict:
     """{layer: Σ_k blend_k Â_k (1, N, N)}: the blended mean Gram matrices of the style image(s).
 
     ``styles`` are (1, H_k, W_k, 3), each at its own size (style scale); ``blend`` holds one
@@ -199,8 +209,13 @@ def style_targets(params: vgg.VGGParams, styles: Sequence[jax.Array], loss: Perc
     return out
 
 
-def perceptual_loss(params: vgg.VGGParams, images: jax.Array, targets: Targets, loss: PerceptualLoss,
-                    weights: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
+def perceptual_loss(
+    params: vgg.VGGParams,
+    images: jax.Array,
+    targets: Targets,
+    loss: PerceptualLoss,
+    weights: Mapping[str, jax.Array] | None = None,
+) -> tuple[jax.Array, dict]:
     """α L_content + β L_style + γ TV of ``images`` (B, H, W, 3) against ``targets``.
 
     ``weights`` may override ``alpha``/``beta``/``tv_weight`` with arrays of shape (B,)
@@ -224,7 +239,11 @@ def perceptual_loss(params: vgg.VGGParams, images: jax.Array, targets: Targets, 
             term = style_layer_loss(feats[layer], targets.style[layer])
             aux[f"style/{layer}"] = term
             style = style + sw * term
-    tv = tv_loss(images) if loss.tv_weight > 0 or (weights and "tv_weight" in weights) else jnp.zeros((batch,), images.dtype)
+    tv = (
+        tv_loss(images)
+        if loss.tv_weight > 0 or (weights and "tv_weight" in weights)
+        else jnp.zeros((batch,), images.dtype)
+    )
     aux.update(content=content, style=style, tv=tv)
     total = w["alpha"] * content + w["beta"] * style + w["tv_weight"] * tv
     return total, aux

@@ -57,8 +57,10 @@ def load_lpips(net: str = "vgg16", cache: str | os.PathLike | None = None) -> LP
     if net == "vgg16":
         trunk = weights.load("vgg16", cache)
     else:
-        trunk = {f"alex{i}": {"kernel": jnp.asarray(arrays[f"alex{i}/kernel"]),
-                              "bias": jnp.asarray(arrays[f"alex{i}/bias"])} for i in range(1, 6)}
+        trunk = {
+            f"alex{i}": {"kernel": jnp.asarray(arrays[f"alex{i}/kernel"]), "bias": jnp.asarray(arrays[f"alex{i}/bias"])}
+            for i in range(1, 6)
+        }
     return LPIPSParams(trunk=trunk, heads=heads, net=net)
 
 
@@ -69,8 +71,13 @@ def lpips_scaling(images: jax.Array) -> jax.Array:
 
 
 def _conv(x, p, stride, pad):
-    y = jax.lax.conv_general_dilated(x, p["kernel"].astype(x.dtype), (stride, stride), ((pad, pad), (pad, pad)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+        x,
+        p["kernel"].astype(x.dtype),
+        (stride, stride),
+        ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     return jax.nn.relu(y + p["bias"].astype(x.dtype))
 
 
@@ -130,8 +137,13 @@ def _cached(net: str, cache: str | None) -> LPIPSParams:
     return load_lpips(net, cache)
 
 
-def lpips_distance(a: jax.Array, b: jax.Array, net: str | None = None, params: LPIPSParams | None = None,
-                   cache: str | os.PathLike | None = None) -> jax.Array:
+def lpips_distance(
+    a: jax.Array,
+    b: jax.Array,
+    net: str | None = None,
+    params: LPIPSParams | None = None,
+    cache: str | os.PathLike | None = None,
+) -> jax.Array:
     """LPIPS distance (B,) of RGB [0, 1] images with ``net`` ("vgg16" by default, or "alexnet").
 
     Loads the weights once per net unless ``params`` (from :func:`load_lpips`) are given.

@@ -1,7 +1,7 @@
 """Memory: what a run will need (estimated before anything is allocated) and what is free.
 
-    need = nstyle.memory.vgg_activation_bytes(512, 512, loss.layers, "vgg19")
-    if need > nstyle.memory.available_bytes(): ...
+need = nstyle.memory.vgg_activation_bytes(512, 512, loss.layers, "vgg19")
+if need > nstyle.memory.available_bytes(): ...
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def available_bytes() -> int:
         return 0
 
 
-def max_side_that_fits(budget_bytes: int, aspect: float, layers: Iterable[str], arch: str = "vgg19", batch: int = 1) -> int:
+def max_side_that_fits(
+    budget_bytes: int, aspect: float, layers: Iterable[str], arch: str = "vgg19", batch: int = 1
+) -> int:
     """Largest longest-side (px) whose estimated activations fit in ``budget_bytes``.
 
     ``aspect`` is width / height of the image. Returns 0 if not even the smallest useful

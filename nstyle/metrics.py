@@ -38,14 +38,16 @@ def style_distances(image: np.ndarray, style: np.ndarray, layers=STYLE_LAYERS) -
     params = _vgg16()
     fx = vgg.features(params, jnp.asarray(np.asarray(image, np.float32)[None]), layers)
     fs = vgg.features(params, jnp.asarray(np.asarray(style, np.float32)[None]), layers)
-    return {layer: float(np.asarray(losses.style_layer_loss(fx[layer], losses.mean_gram(fs[layer])))[0])
-            for layer in layers}
+    return {
+        layer: float(np.asarray(losses.style_layer_loss(fx[layer], losses.mean_gram(fs[layer])))[0]) for layer in layers
+    }
 
 
 def style_distance(image: np.ndarray, style: np.ndarray, layers=STYLE_LAYERS) -> float:
     """The mean of :func:`style_distances` over ``layers``."""
     d = style_distances(image, style, layers)
     return sum(d.values()) / len(d)
+
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float64)
 

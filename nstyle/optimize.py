@@ -119,7 +119,8 @@ def lbfgs_update(opt: optax.GradientTransformation, grad: jax.Array, opt_state, 
     optax keeps every curvature pair (s, y), also one with sᵀy <= 0, which a non-convex loss
     such as the Gram-matrix style loss produces; the inverse-Hessian estimate is then
     indefinite and the direction can point uphill. Without a line search L-BFGS then may climb
-    to a saddle and stay there (docs/experiments.md, the α/β grid). Here a direction that is not a descent direction (gᵀd >= 0) drops the memory and takes the
+    to a saddle and stay there (docs/experiments.md, the α/β grid). Here a direction that is
+    not a descent direction (gᵀd >= 0) drops the memory and takes the
     scaled gradient step of a fresh start instead. Returns ``(updates, state, reset)``.
     """
     updates, state = opt.update(grad, opt_state, x)
@@ -148,8 +149,9 @@ class StepState(NamedTuple):
     step: jax.Array  # () int32 iterations done
 
 
-def loss_weights(loss: losses.PerceptualLoss, batch: int,
-                 weights: Mapping[str, Any] | None = None) -> dict[str, jax.Array]:
+def loss_weights(
+    loss: losses.PerceptualLoss, batch: int, weights: Mapping[str, Any] | None = None
+) -> dict[str, jax.Array]:
     """{"alpha", "beta", "tv_weight"}: each (B,) float32, from ``weights`` or else ``loss``.
 
     Only magnitudes can vary per image: which terms exist is fixed by ``loss`` (a term whose
@@ -233,15 +235,23 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
     @_xla.jit
     def init(images: jax.Array) -> StepState:
         b = images.shape[0]
-        return StepState(image=images, opt_state=jax.vmap(opt.init)(images), good=images,
-                         best=jnp.full((b,), jnp.inf, jnp.float32), scale=jnp.ones((b,), jnp.float32),
-                         alive=jnp.ones((b,), bool), step=jnp.asarray(0, jnp.int32))
+        return StepState(
+            image=images,
+            opt_state=jax.vmap(opt.init)(images),
+            good=images,
+            best=jnp.full((b,), jnp.inf, jnp.float32),
+            scale=jnp.ones((b,), jnp.float32),
+            alive=jnp.ones((b,), bool),
+            step=jnp.asarray(0, jnp.int32),
+        )
 
     @_xla.jit
-    def step(state: StepState, params: vgg.VGGParams, targets: losses.Targets,
-             weights: Mapping[str, jax.Array]) -> tuple[StepState, dict]:
+    def step(
+        state: StepState, params: vgg.VGGParams, targets: losses.Targets, weights: Mapping[str, jax.Array]
+    ) -> tuple[StepState, dict]:
         new_x, new_opt, value, aux, evals, reset = jax.vmap(one_image, in_axes=(0, 0, 0, 0, 0, None))(
-            state.image, state.opt_state, state.scale, targets, weights, params)
+            state.image, state.opt_state, state.scale, targets, weights, params
+        )
         ok = state.alive & jnp.isfinite(value) & jnp.all(jnp.isfinite(state.image), axis=(1, 2, 3))  # (B,)
         blowup = ok & (value > RESTART_FACTOR * state.best)  # (B,) restart from the best image
         accept = ok & ~blowup
@@ -254,15 +264,23 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
         fresh = jax.vmap(opt.init)(good)  # no memory: the restart's first step is a scaled gradient step
         new_state = StepState(
             image=pick(accept, new_x, good),  # restarted or frozen images go back to the best one
-            opt_state=jax.tree.map(lambda n, f, o: pick(accept, n, pick(blowup, f, o)), new_opt, fresh, state.opt_state),
+            opt_state=jax.tree.map(
+                lambda n, f, o: pick(accept, n, pick(blowup, f, o)), new_opt, fresh, state.opt_state
+            ),
             good=good,
             best=jnp.where(improved, value, state.best),
             scale=jnp.where(blowup, 0.5 * state.scale, state.scale),
             alive=ok,
             step=state.step + 1,
         )
-        metrics = {"loss": value, **aux, "evals": jnp.where(state.alive, evals, 0), "alive": ok, "restart": blowup,
-                   "reset": state.alive & reset}
+        metrics = {
+            "loss": value,
+            **aux,
+            "evals": jnp.where(state.alive, evals, 0),
+            "alive": ok,
+            "restart": blowup,
+            "reset": state.alive & reset,
+        }
         return new_state, metrics
 
     return init, step
@@ -289,8 +307,14 @@ def check_layers(loss: losses.PerceptualLoss, arch: str = "vgg19") -> None:
                 raise ValueError(f"{kind} layer: {e}") from None
 
 
-def prepare_targets(params: vgg.VGGParams, loss: losses.PerceptualLoss, content: jax.Array | None,
-                    styles: Sequence[Any], style_blend: Sequence[float] | None, batch: int) -> losses.Targets:
+def prepare_targets(
+    params: vgg.VGGParams,
+    loss: losses.PerceptualLoss,
+    content: jax.Array | None,
+    styles: Sequence[Any],
+    style_blend: Sequence[float] | None,
+    batch: int,
+) -> losses.Targets:
     """Content responses and blended style Gram matrices, each leaf with a leading (B,) axis.
 
     ``content`` is (H, W, 3), (B, H, W, 3) or None (then α must be 0); ``styles`` a list of
@@ -298,11 +322,15 @@ def prepare_targets(params: vgg.VGGParams, loss: losses.PerceptualLoss, content:
     """
     check_layers(loss, params.arch)
     if loss.uses_content and content is None:
-        raise ValueError("the loss has a content term (alpha > 0) but no content image was given; "
-                         "give one, or set alpha=0 for texture synthesis")
+        raise ValueError(
+            "the loss has a content term (alpha > 0) but no content image was given; "
+            "give one, or set alpha=0 for texture synthesis"
+        )
     if loss.uses_style and not styles:
-        raise ValueError("the loss has a style term (beta > 0) but no style image was given; "
-                         "give one, or set beta=0 for a content reconstruction")
+        raise ValueError(
+            "the loss has a style term (beta > 0) but no style image was given; "
+            "give one, or set beta=0 for a content reconstruction"
+        )
     c = {}
     if loss.uses_content:
         content = np.asarray(content, np.float32)
@@ -327,8 +355,14 @@ def _style_targets(params, images, blend, loss):
     return losses.style_targets(params, list(images), loss, blend)
 
 
-def initial_images(init: str | np.ndarray, shape: tuple[int, int], batch: int, key: jax.Array | None,
-                   content: np.ndarray | None = None, styles: Sequence[np.ndarray] = ()) -> jax.Array:
+def initial_images(
+    init: str | np.ndarray,
+    shape: tuple[int, int],
+    batch: int,
+    key: jax.Array | None,
+    content: np.ndarray | None = None,
+    styles: Sequence[np.ndarray] = (),
+) -> jax.Array:
     """The starting images (B, H, W, 3).
 
     ``init``: ``"content"`` (the content image(s), (H, W, 3) or (B, H, W, 3); the default of
@@ -408,12 +442,21 @@ class Result:
 Callback = Callable[[int, StepState, dict], Any]
 
 
-def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content: np.ndarray | None,
-                  styles: Sequence[np.ndarray] = (), style_blend: Sequence[float] | None = None,
-                  weights: Mapping[str, Any] | None = None, batch: int | None = None,
-                  shape: tuple[int, int] | None = None, init: str | np.ndarray = "content",
-                  key: jax.Array | None = None, optim: OptimConfig = OptimConfig(),
-                  callback: Callback | None = None) -> BatchResult:
+def stylize_batch(
+    params: vgg.VGGParams,
+    loss: losses.PerceptualLoss,
+    *,
+    content: np.ndarray | None,
+    styles: Sequence[np.ndarray] = (),
+    style_blend: Sequence[float] | None = None,
+    weights: Mapping[str, Any] | None = None,
+    batch: int | None = None,
+    shape: tuple[int, int] | None = None,
+    init: str | np.ndarray = "content",
+    key: jax.Array | None = None,
+    optim: OptimConfig = OptimConfig(),
+    callback: Callback | None = None,
+) -> BatchResult:
     """Optimise B images at once, each independently, with per-image loss weights.
 
     Args:
@@ -454,9 +497,19 @@ def stylize_batch(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content
     reason = loop.reason
     if reason == "steps" and diverged.all() and optim.steps > 0:
         reason = "nonfinite"
-    return BatchResult(images=images, history=loop.history, final=final, evals=loop.evals,
-                       iterations=loop.iterations if optim.steps else 0, stopped_reason=reason, diverged=diverged,
-                       compile_s=compile_s, wall_s=wall_s, restarts=loop.restarts, resets=loop.resets)
+    return BatchResult(
+        images=images,
+        history=loop.history,
+        final=final,
+        evals=loop.evals,
+        iterations=loop.iterations if optim.steps else 0,
+        stopped_reason=reason,
+        diverged=diverged,
+        compile_s=compile_s,
+        wall_s=wall_s,
+        restarts=loop.restarts,
+        resets=loop.resets,
+    )
 
 
 def _batch_and_shape(content, weights, batch, shape) -> tuple[int, tuple[int, int]]:
@@ -537,11 +590,19 @@ def _best_iterates(state: StepState, history: dict[str, np.ndarray], evaluate):
     return np.clip(np.asarray(last, np.float32), 0.0, 1.0), final, diverged
 
 
-def stylize(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content: np.ndarray | None,
-            styles: Sequence[np.ndarray] = (), style_blend: Sequence[float] | None = None,
-            shape: tuple[int, int] | None = None, init: str | np.ndarray = "content",
-            key: jax.Array | None = None, optim: OptimConfig = OptimConfig(),
-            callback: Callback | None = None) -> Result:
+def stylize(
+    params: vgg.VGGParams,
+    loss: losses.PerceptualLoss,
+    *,
+    content: np.ndarray | None,
+    styles: Sequence[np.ndarray] = (),
+    style_blend: Sequence[float] | None = None,
+    shape: tuple[int, int] | None = None,
+    init: str | np.ndarray = "content",
+    key: jax.Array | None = None,
+    optim: OptimConfig = OptimConfig(),
+    callback: Callback | None = None,
+) -> Result:
     """Optimise one image; see :func:`stylize_batch` for the arguments.
 
     Content-only reconstruction: ``loss`` with β=0 and ``styles=[]``; texture synthesis:
@@ -549,13 +610,29 @@ def stylize(params: vgg.VGGParams, loss: losses.PerceptualLoss, *, content: np.n
     """
     if content is not None and np.ndim(content) != 3:
         raise ValueError(f"content must be one (H, W, 3) image, got shape {np.shape(content)}; use stylize_batch")
-    r = stylize_batch(params, loss, content=content, styles=styles, style_blend=style_blend, batch=1,
-                      shape=shape, init=init, key=key, optim=optim, callback=callback)
+    r = stylize_batch(
+        params,
+        loss,
+        content=content,
+        styles=styles,
+        style_blend=style_blend,
+        batch=1,
+        shape=shape,
+        init=init,
+        key=key,
+        optim=optim,
+        callback=callback,
+    )
     return Result(
         image=r.images[0],
         history={k: v[:, 0].tolist() for k, v in r.history.items()},
         final={k: float(v[0]) for k, v in r.final.items()},
-        evals=int(r.evals[0]), iterations=r.iterations, stopped_reason=r.stopped_reason,
-        diverged=bool(r.diverged[0]), compile_s=r.compile_s, wall_s=r.wall_s, restarts=int(r.restarts[0]),
+        evals=int(r.evals[0]),
+        iterations=r.iterations,
+        stopped_reason=r.stopped_reason,
+        diverged=bool(r.diverged[0]),
+        compile_s=r.compile_s,
+        wall_s=r.wall_s,
+        restarts=int(r.restarts[0]),
         resets=int(r.resets[0]),
     )

@@ -53,8 +53,13 @@ def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any] | None:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
-        st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                            capture_output=True, text=True, timeout=10)
+        st = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"commit": sha.stdout.strip(), "dirty": bool(st.stdout.strip()) if st.returncode == 0 else None}
     except (OSError, subprocess.SubprocessError):
         return None

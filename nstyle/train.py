@@ -98,8 +98,10 @@ class LRSchedule:
         if self.schedule not in SCHEDULES:
             raise UserError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
         if self.warmup_steps < 0 or not 0 <= self.final_fraction <= 1:
-            raise UserError(f"optim.warmup_steps must be >= 0 and optim.final_fraction in [0, 1], got "
-                            f"{self.warmup_steps} and {self.final_fraction}")
+            raise UserError(
+                f"optim.warmup_steps must be >= 0 and optim.final_fraction in [0, 1], got "
+                f"{self.warmup_steps} and {self.final_fraction}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,15 +164,27 @@ def perceptual_loss_for(cfg: TrainLoss, size: int, params: vgg.VGGParams) -> tup
     content_layers = tuple(cfg.content_layers or DEFAULT_LAYERS[cfg.network][0])
     style_layers = tuple(cfg.style_layers or DEFAULT_LAYERS[cfg.network][1])
     try:
-        shapes = jax.eval_shape(lambda x: vgg.features(params, x, content_layers + style_layers, cfg.pooling),
-                                jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+        shapes = jax.eval_shape(
+            lambda x: vgg.features(params, x, content_layers + style_layers, cfg.pooling),
+            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+        )
     except ValueError as e:
         raise UserError(str(e)) from None
-    cw = tuple(2.0 * cfg.content_weight / (s.shape[3] * s.shape[1] * s.shape[2]) for s in (shapes[l] for l in content_layers))
+    cw = tuple(
+        2.0 * cfg.content_weight / (s.shape[3] * s.shape[1] * s.shape[2]) for s in (shapes[l] for l in content_layers)
+    )
     sw = tuple(4.0 * cfg.style_weight / shapes[l].shape[3] ** 2 for l in style_layers)
     tv = cfg.tv_weight / (3.0 * size * size)
-    loss = losses.PerceptualLoss(content_layers=content_layers, content_weights=cw, style_layers=style_layers,
-                                 style_weights=sw, alpha=1.0, beta=1.0, tv_weight=tv, pooling=cfg.pooling)
+    loss = losses.PerceptualLoss(
+        content_layers=content_layers,
+        content_weights=cw,
+        style_layers=style_layers,
+        style_weights=sw,
+        alpha=1.0,
+        beta=1.0,
+        tv_weight=tv,
+        pooling=cfg.pooling,
+    )
     return loss, tv
 
 
@@ -187,8 +201,9 @@ def make_optimizer(cfg: LRSchedule, steps: int) -> optax.GradientTransformation:
     """Adam with the configured learning-rate schedule over ``steps``."""
     lr: float | optax.Schedule = cfg.lr
     if cfg.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, max(steps, cfg.warmup_steps + 1),
-                                                end_value=cfg.lr * cfg.final_fraction)
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, cfg.lr, cfg.warmup_steps, max(steps, cfg.warmup_steps + 1), end_value=cfg.lr * cfg.final_fraction
+        )
     return optax.adam(lr)
 
 
@@ -198,8 +213,14 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.array(devices), ("data",))
 
 
-def make_train_step(net: fastnet.FastNetConfig, loss: losses.PerceptualLoss, optimizer: optax.GradientTransformation,
-                    loss_params: vgg.VGGParams, style: dict, mesh: Mesh):
+def make_train_step(
+    net: fastnet.FastNetConfig,
+    loss: losses.PerceptualLoss,
+    optimizer: optax.GradientTransformation,
+    loss_params: vgg.VGGParams,
+    style: dict,
+    mesh: Mesh,
+):
     """``train_step(state, batch, key) -> (state, metrics)``, jitted, data-parallel over ``mesh``.
 
     ``batch`` (B, H, W, 3) is split over the mesh's 'data' axis; params and optimiser state
@@ -226,19 +247,30 @@ def make_train_step(net: fastnet.FastNetConfig, loss: losses.PerceptualLoss, opt
         (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": value, "content": jnp.mean(aux["content"]), "style": jnp.mean(aux["style"]),
-                   "tv": loss.tv_weight * jnp.mean(aux["tv"]), "grad_norm": optax.global_norm(grads)}
+        metrics = {
+            "loss": value,
+            "content": jnp.mean(aux["content"]),
+            "style": jnp.mean(aux["style"]),
+            "tv": loss.tv_weight * jnp.mean(aux["tv"]),
+            "grad_norm": optax.global_norm(grads),
+        }
         return TrainState(params, opt_state, state.step + 1), metrics
 
-    jitted = _xla.jit(step_fn, donate_argnums=(1,), in_shardings=(replicated, replicated, split, replicated),
-                      out_shardings=(replicated, replicated))
+    jitted = _xla.jit(
+        step_fn,
+        donate_argnums=(1,),
+        in_shardings=(replicated, replicated, split, replicated),
+        out_shardings=(replicated, replicated),
+    )
     frozen = jax.device_put((vgg.with_backward_kernels(loss_params, loss.layers), style), replicated)
     return functools.partial(jitted, frozen)
 
 
-def init_state(net: fastnet.FastNetConfig, optimizer: optax.GradientTransformation, key: jax.Array,
-               mesh: Mesh | None = None) -> TrainState:
+def init_state(
+    net: fastnet.FastNetConfig, optimizer: optax.GradientTransformation, key: jax.Array, mesh: Mesh | None = None
+) -> TrainState:
     """Fresh state, replicated over ``mesh``; one jitted call (eager init compiles op by op)."""
+
     def build(key):
         params = fastnet.FastNet(net).init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
         return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
@@ -272,6 +304,7 @@ def _truncate_log(path: Path, upto: int) -> None:
     """Keep only the rows of steps <= ``upto`` (a killed run logged past its last checkpoint)."""
     if not path.exists():
         return
+
     def keep(i: int, line: str) -> bool:
         if i == 0:
             return True  # the header
@@ -307,8 +340,16 @@ def _prepare(cfg: TrainConfig) -> _Run:
     folder = data.ImageFolder.scan(cfg.data)
     loss_params = weights.load(cfg.loss.network)
     loss, _ = perceptual_loss_for(cfg.loss, cfg.size, loss_params)
-    return _Run(net=cfg.net, loss=loss, loss_params=loss_params, folder=folder, style_image=style_image,
-                validation=validation, optimizer=make_optimizer(cfg.optim, cfg.steps), mesh=make_mesh())
+    return _Run(
+        net=cfg.net,
+        loss=loss,
+        loss_params=loss_params,
+        folder=folder,
+        style_image=style_image,
+        validation=validation,
+        optimizer=make_optimizer(cfg.optim, cfg.steps),
+        mesh=make_mesh(),
+    )
 
 
 def restore_or_init(cfg: TrainConfig, run: _Run, workdir: Path) -> TrainState:
@@ -317,8 +358,10 @@ def restore_or_init(cfg: TrainConfig, run: _Run, workdir: Path) -> TrainState:
     state = init_state(run.net, run.optimizer, init_key, run.mesh)
     ckpt_dir = workdir / "checkpoints"
     if not cfg.resume and checkpoint.all_steps(ckpt_dir):
-        raise UserError(f"{ckpt_dir} already holds checkpoints and resume=false; use a new run directory "
-                        f"(or resume=true to continue that run)")
+        raise UserError(
+            f"{ckpt_dir} already holds checkpoints and resume=false; use a new run directory "
+            f"(or resume=true to continue that run)"
+        )
     last = checkpoint.latest(ckpt_dir) if cfg.resume else None
     if last is None:
         _truncate_log(workdir / "metrics.csv", 0)  # a fresh start in a used directory: not this run's log
@@ -326,11 +369,15 @@ def restore_or_init(cfg: TrainConfig, run: _Run, workdir: Path) -> TrainState:
     tree, info = checkpoint.restore(last, like=state._asdict())
     for key in ("seed", "batch", "size"):
         if info.get("config", {}).get(key) != getattr(cfg, key):
-            raise UserError(f"{workdir}: its checkpoints were made with {key}={info['config'].get(key)}, "
-                            f"not {getattr(cfg, key)}; use the same {key} or a new run directory")
+            raise UserError(
+                f"{workdir}: its checkpoints were made with {key}={info['config'].get(key)}, "
+                f"not {getattr(cfg, key)}; use the same {key} or a new run directory"
+            )
     if info.get("data", {}).get("digest") != run.folder.digest:
-        log.warning("the data folder changed since the checkpoint: batches after step %d differ from the original run",
-                    info["step"])
+        log.warning(
+            "the data folder changed since the checkpoint: batches after step %d differ from the original run",
+            info["step"],
+        )
     state = TrainState(**tree)
     start = int(state.step)
     if start > cfg.steps:
@@ -346,7 +393,7 @@ class _Logger:
     def __init__(self, path: Path, cfg: TrainConfig, start: int):
         self.cfg, self.pending, self.last_row = cfg, [], {}
         new = not path.exists()
-        self.file = open(path, "a", newline="")
+        self.file = open(path, "a", newline="")  # noqa: SIM115 -- closed by close(), after the loop
         self.writer = csv.DictWriter(self.file, CSV_FIELDS)
         if new:
             self.writer.writeheader()
@@ -355,8 +402,9 @@ class _Logger:
         if cfg.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-                            mininterval=2.0)
+            self.bar = tqdm(
+                total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0
+            )
 
     def add(self, done: int, metrics: dict) -> None:
         self.pending.append(metrics)
@@ -364,17 +412,25 @@ class _Logger:
             host = jax.device_get(self.pending)  # one sync per log interval
             now = time.perf_counter()
             row = {k: float(np.mean([m[k] for m in host])) for k in ("loss", "content", "style", "tv", "grad_norm")}
-            row.update(step=done, images_per_s=len(host) * self.cfg.batch / max(now - self.t_last, 1e-9),
-                       time_s=now - self.t0)
+            row.update(
+                step=done, images_per_s=len(host) * self.cfg.batch / max(now - self.t_last, 1e-9), time_s=now - self.t0
+            )
             if not np.isfinite(row["loss"]):
-                raise FloatingPointError(f"loss became {row['loss']} at step {done}; lower optim.lr or the loss weights")
+                raise FloatingPointError(
+                    f"loss became {row['loss']} at step {done}; lower optim.lr or the loss weights"
+                )
             self.writer.writerow(row)
             self.file.flush()
             self.pending, self.t_last, self.last_row = [], now, row
             if self.bar is not None:
-                self.bar.set_postfix(loss=f"{row['loss']:.3g}", content=f"{row['content']:.3g}",
-                                     style=f"{row['style']:.3g}", tv=f"{row['tv']:.2g}",
-                                     img_s=f"{row['images_per_s']:.1f}", refresh=False)
+                self.bar.set_postfix(
+                    loss=f"{row['loss']:.3g}",
+                    content=f"{row['content']:.3g}",
+                    style=f"{row['style']:.3g}",
+                    tv=f"{row['tv']:.2g}",
+                    img_s=f"{row['images_per_s']:.1f}",
+                    refresh=False,
+                )
         if self.bar is not None:
             self.bar.update(1)
 
@@ -384,8 +440,9 @@ class _Logger:
             self.bar.close()
 
 
-def _loop(cfg: TrainConfig, run: _Run, state: TrainState, workdir: Path,
-          on_checkpoint: Callable[[int], Any] | None) -> tuple[TrainState, dict, int]:
+def _loop(
+    cfg: TrainConfig, run: _Run, state: TrainState, workdir: Path, on_checkpoint: Callable[[int], Any] | None
+) -> tuple[TrainState, dict, int]:
     """Steps from ``state.step`` to ``cfg.steps``; returns the state, the last log row and the skipped-file count."""
     start = int(state.step)
     split = NamedSharding(run.mesh, P("data"))
@@ -393,8 +450,9 @@ def _loop(cfg: TrainConfig, run: _Run, state: TrainState, workdir: Path,
     train_step = make_train_step(run.net, run.loss, run.optimizer, run.loss_params, style, run.mesh)
     step_key = jax.random.split(jax.random.key(cfg.seed))[1]
     shard = (jax.process_index(), jax.process_count())  # multi-host: each process loads its slice
-    batches = data.Batches(run.folder, cfg.size, cfg.batch, cfg.seed, start=start * cfg.batch,
-                           scale=tuple(cfg.crop_scale), shard=shard)
+    batches = data.Batches(
+        run.folder, cfg.size, cfg.batch, cfg.seed, start=start * cfg.batch, scale=tuple(cfg.crop_scale), shard=shard
+    )
     loader = data.Prefetch(lambda: shard_batch(batches.next_batch(), split), depth=cfg.prefetch)
     logger = _Logger(workdir / "metrics.csv", cfg, start)
     ckpt_dir = workdir / "checkpoints"
@@ -406,11 +464,18 @@ def _loop(cfg: TrainConfig, run: _Run, state: TrainState, workdir: Path,
             if done % cfg.sample_every == 0 or done == cfg.steps:
                 save_samples(workdir, done, run, state.params)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                info = {"config": {"seed": cfg.seed, "batch": cfg.batch, "size": cfg.size},
-                        "data": {"samples_seen": done * cfg.batch, "digest": run.folder.digest,
-                                 "files": len(run.folder), "skipped_files": batches.skipped},
-                        "rng": {"seed": cfg.seed, "step_key": "fold_in(split(key(seed))[1], step)"},
-                        "fastnet": dataclasses.asdict(run.net), "time": time.time()}
+                info = {
+                    "config": {"seed": cfg.seed, "batch": cfg.batch, "size": cfg.size},
+                    "data": {
+                        "samples_seen": done * cfg.batch,
+                        "digest": run.folder.digest,
+                        "files": len(run.folder),
+                        "skipped_files": batches.skipped,
+                    },
+                    "rng": {"seed": cfg.seed, "step_key": "fold_in(split(key(seed))[1], step)"},
+                    "fastnet": dataclasses.asdict(run.net),
+                    "time": time.time(),
+                }
                 checkpoint.save(ckpt_dir, done, state._asdict(), info, keep=cfg.keep_checkpoints)
                 if on_checkpoint is not None:
                     on_checkpoint(done)
@@ -455,23 +520,44 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike, on_checkpoint: Callable[
     return export(cfg, run, state, workdir, start=start, last_row=last_row, skipped=skipped)
 
 
-def export(cfg: TrainConfig, run: _Run, state: TrainState, workdir: Path, *, start: int, last_row: dict,
-           skipped: int) -> dict:
+def export(
+    cfg: TrainConfig, run: _Run, state: TrainState, workdir: Path, *, start: int, last_row: dict, skipped: int
+) -> dict:
     """Write ``model.npz`` and ``metrics.json``; returns the summary."""
     params = jax.device_get(state.params)
-    model_meta = {"style": str(cfg.style), "steps": cfg.steps, "size": cfg.size, "batch": cfg.batch, "seed": cfg.seed,
-                  "loss_network": cfg.loss.network,
-                  "checkpoint": checkpoint.path_for(workdir / "checkpoints", cfg.steps).name}
+    model_meta = {
+        "style": str(cfg.style),
+        "steps": cfg.steps,
+        "size": cfg.size,
+        "batch": cfg.batch,
+        "seed": cfg.seed,
+        "loss_network": cfg.loss.network,
+        "checkpoint": checkpoint.path_for(workdir / "checkpoints", cfg.steps).name,
+    }
     fastnet.export_model(workdir / "model.npz", run.net, params, model_meta)
     summary = {
-        "steps": cfg.steps, "resumed_from_step": start, "final": last_row,
+        "steps": cfg.steps,
+        "resumed_from_step": start,
+        "final": last_row,
         "images_per_s": last_row.get("images_per_s"),
-        "devices": jax.device_count(), "processes": jax.process_count(), "platform": jax.devices()[0].platform,
-        "data": {"folder": run.folder.root, "files": len(run.folder), "ignored_non_images": run.folder.ignored,
-                 "skipped_unreadable": skipped},
-        "model": "model.npz", "fastnet": dataclasses.asdict(run.net), "param_count": fastnet.param_count(params),
-        "loss": {"network": cfg.loss.network, "content_layers": list(run.loss.content_layers),
-                 "style_layers": list(run.loss.style_layers), "weights_checksum": run.loss_params.checksum},
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "platform": jax.devices()[0].platform,
+        "data": {
+            "folder": run.folder.root,
+            "files": len(run.folder),
+            "ignored_non_images": run.folder.ignored,
+            "skipped_unreadable": skipped,
+        },
+        "model": "model.npz",
+        "fastnet": dataclasses.asdict(run.net),
+        "param_count": fastnet.param_count(params),
+        "loss": {
+            "network": cfg.loss.network,
+            "content_layers": list(run.loss.content_layers),
+            "style_layers": list(run.loss.style_layers),
+            "weights_checksum": run.loss_params.checksum,
+        },
         "config": cfg,
         "run": runinfo.describe(params=run.loss_params, seed=cfg.seed),
     }

@@ -129,8 +129,9 @@ def check_sizes(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: i
         shape = stage_shape(inputs, size)
         images.check_size(shape, min_side, name=f"output at size={size} ({shape[1]}×{shape[0]})")
         for path, x in zip(s.styles, inputs.styles):
-            images.check_size(style_shape(s, x, size), min_side,
-                              name=f"style {path} at style_scale={s.style_scale:g}, size={size}")
+            images.check_size(
+                style_shape(s, x, size), min_side, name=f"style {path} at style_scale={s.style_scale:g}, size={size}"
+            )
     need = needed_bytes(s, inputs, batch)
     if need > budget_bytes:
         h, w = stage_shape(inputs, s.sizes[-1])
@@ -138,8 +139,10 @@ def check_sizes(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: i
         if s.styles and s.style_scale > 1:
             fit = int(fit / s.style_scale)
         hint = f"size={fit} would fit" if fit >= min_side else "no useful size fits"
-        raise MemoryBudgetError(f"size={s.sizes[-1]}: the VGG activations need about {need / 2**30:.1f} GiB but "
-                                f"only {budget_bytes / 2**30:.1f} GiB is available; {hint} (or raise max_memory_gb)")
+        raise MemoryBudgetError(
+            f"size={s.sizes[-1]}: the VGG activations need about {need / 2**30:.1f} GiB but "
+            f"only {budget_bytes / 2**30:.1f} GiB is available; {hint} (or raise max_memory_gb)"
+        )
 
 
 @dataclasses.dataclass
@@ -164,8 +167,9 @@ class TransferResult:
         return sum(st["evals"] for st in self.stages)
 
 
-def run(s: TransferSettings, inputs: Inputs, params: vgg.VGGParams,
-        callback: Callable[[int, Any, dict], Any] | None = None) -> TransferResult:
+def run(
+    s: TransferSettings, inputs: Inputs, params: vgg.VGGParams, callback: Callable[[int, Any, dict], Any] | None = None
+) -> TransferResult:
     """Every stage of ``s`` in turn, each from the previous result upsampled.
 
     ``callback(i, state, metrics)`` is :func:`nstyle.optimize.stylize`'s, called across stages.
@@ -181,15 +185,35 @@ def run(s: TransferSettings, inputs: Inputs, params: vgg.VGGParams,
             init = images.resize(image, shape)  # coarse to fine: the previous result, upsampled
         else:
             init = init_file if init_file is not None else s.init
-        r = optimize.stylize(params, s.loss, content=content, styles=styles, style_blend=s.style_blend, shape=shape,
-                             init=init, key=jax.random.fold_in(key, k),
-                             optim=dataclasses.replace(s.optim, steps=steps), callback=callback)
+        r = optimize.stylize(
+            params,
+            s.loss,
+            content=content,
+            styles=styles,
+            style_blend=s.style_blend,
+            shape=shape,
+            init=init,
+            key=jax.random.fold_in(key, k),
+            optim=dataclasses.replace(s.optim, steps=steps),
+            callback=callback,
+        )
         image = r.image
         for name, v in r.history.items():
             history.setdefault(name, []).extend(v)
-        stages.append({"size": size, "shape": list(shape), "iterations": r.iterations, "evals": r.evals,
-                       "restarts": r.restarts, "lbfgs_memory_resets": r.resets, "compile_s": r.compile_s,
-                       "wall_s": r.wall_s, "stopped_reason": r.stopped_reason, "final": r.final})
+        stages.append(
+            {
+                "size": size,
+                "shape": list(shape),
+                "iterations": r.iterations,
+                "evals": r.evals,
+                "restarts": r.restarts,
+                "lbfgs_memory_resets": r.resets,
+                "compile_s": r.compile_s,
+                "wall_s": r.wall_s,
+                "stopped_reason": r.stopped_reason,
+                "final": r.final,
+            }
+        )
         if r.stopped_reason != "steps":
             reason = r.stopped_reason
             break

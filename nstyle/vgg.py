@@ -43,6 +43,7 @@ def conv_shape(layer: str) -> tuple[int, int, int, int]:
     inp = out if idx > 1 else (3 if block == 1 else BLOCK_WIDTH[block - 1])
     return (3, 3, inp, out)
 
+
 # Caffe/Keras "caffe" mode: BGR, 0-255, mean-subtracted (B, G, R)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # torchvision: RGB in [0, 1], then (x - mean) / std
@@ -69,7 +70,9 @@ class VGGParams:
     source: str = struct.field(pytree_node=False, default="")
 
     @classmethod
-    def from_arrays(cls, arrays: dict, arch: str, preprocessing: str, checksum: str = "", source: str = "") -> VGGParams:
+    def from_arrays(
+        cls, arrays: dict, arch: str, preprocessing: str, checksum: str = "", source: str = ""
+    ) -> VGGParams:
         layers = ARCH_LAYERS[arch]
         convs = {}
         for layer in layers:
@@ -131,8 +134,9 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, backward_kernel: jax
 
 
 def _lax_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding=((1, 1), (1, 1)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def backward_kernel(kernel: jax.Array) -> jax.Array:
@@ -177,8 +181,10 @@ def _backward_kernels(convs: dict) -> dict:
     same would compile a program for it)."""
     if any(isinstance(p["kernel"], jax.core.Tracer) for p in convs.values()):  # inside someone's trace
         return {layer: backward_kernel(p["kernel"]) for layer, p in convs.items()}
-    return {layer: jax.device_put(np.ascontiguousarray(backward_kernel(np.asarray(p["kernel"]))))
-            for layer, p in convs.items()}
+    return {
+        layer: jax.device_put(np.ascontiguousarray(backward_kernel(np.asarray(p["kernel"]))))
+        for layer, p in convs.items()
+    }
 
 
 def with_backward_kernels(params: VGGParams, layers: Iterable[str] | None = None) -> VGGParams:
@@ -194,12 +200,14 @@ def with_backward_kernels(params: VGGParams, layers: Iterable[str] | None = None
     order = [stage for stage in stage_order(params.arch) if not stage.startswith("pool")]
     if layers is not None:
         layers = tuple(layers)
-        order = order[:order.index(deepest(layers, params.arch)) + 1] if layers else []
+        order = order[: order.index(deepest(layers, params.arch)) + 1] if layers else []
     needed = [layer for layer in order if params.convs[layer]["kernel"].shape[2] > 4]
     have = params.backward_kernels or {}
     if all(layer in have for layer in needed):
         return params
-    return params.replace(backward_kernels={**have, **_backward_kernels({k: params.convs[k] for k in needed if k not in have})})
+    return params.replace(
+        backward_kernels={**have, **_backward_kernels({k: params.convs[k] for k in needed if k not in have})}
+    )
 
 
 def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
@@ -212,7 +220,9 @@ def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """
     b, h, w, c = x.shape
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)  # (B, H, W, 9C)
+    patches = jnp.concatenate(
+        [xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1
+    )  # (B, H, W, 9C)
     k = kernel.astype(x.dtype).reshape(9 * c, kernel.shape[-1])  # HWIO -> (9·C_in, C_out), rows in (i, j, c) order
     return jnp.einsum("bhwk,ko->bhwo", patches, k, precision=jax.lax.Precision.HIGHEST) + bias.astype(x.dtype)
 
@@ -271,7 +281,7 @@ def min_size(layers: Iterable[str], arch: str = "vgg19") -> int:
     order = stage_order(arch)
     pools = sum(1 for s in order[: order.index(last) + 1] if s.startswith("pool"))
     # a pool at the very end halves too; before it, each pool needs an even side
-    return int(2 ** pools)
+    return int(2**pools)
 
 
 def param_count(params: VGGParams) -> int:

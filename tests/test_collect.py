@@ -17,12 +17,22 @@ from nstyle import images
 from nstyle.cli import collect, jobs
 
 
-def _job(sweep: Path, overrides: dict, num: int, *, status: dict | None = None, metrics: dict | str | None = None,
-         result: bool = False, log: str | None = None) -> Path:
+def _job(
+    sweep: Path,
+    overrides: dict,
+    num: int,
+    *,
+    status: dict | None = None,
+    metrics: dict | str | None = None,
+    result: bool = False,
+    log: str | None = None,
+) -> Path:
     name = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
     d = sweep / name
     (d / ".hydra").mkdir(parents=True)
-    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"{k}={v}" for k, v in overrides.items()] + ["size=32"]))
+    (d / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump([f"{k}={v}" for k, v in overrides.items()] + ["size=32"])
+    )
     (d / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    name: stylize\n    id: '{num}'\n    num: {num}\n")
     (d / ".hydra" / "config.yaml").write_text("content: builtin:chelsea\nstyle: builtin:brick\nsize: 32\n")
     if status is not None:
@@ -39,8 +49,13 @@ def _job(sweep: Path, overrides: dict, num: int, *, status: dict | None = None, 
 
 def _metrics(c: float, s: float, n: int = 5) -> dict:
     hist = list(np.geomspace(1e4, c + s, n))
-    return {"final": {"content": c, "style": s, "total": c + s}, "history": {"total": hist},
-            "iterations": n, "evals": n + 1, "wall_time_s": 1.5}
+    return {
+        "final": {"content": c, "style": s, "total": c + s},
+        "history": {"total": hist},
+        "iterations": n,
+        "evals": n + 1,
+        "wall_time_s": 1.5,
+    }
 
 
 def _dead_pid() -> int:
@@ -54,18 +69,40 @@ def sweep(tmp_path: Path) -> Path:
     s = tmp_path / "sweep"
     s.mkdir()
     # the sweep defines 2 × 3 = 6 jobs; 5 have started
-    (s / "multirun.yaml").write_text(yaml.safe_dump({
-        "size": 32,
-        "hydra": {"sweeper": {"params": {"loss.beta": "1,10"}}, "overrides": {"task": ["+experiment=x", "init=noise,content,style"]}},
-    }))
-    _job(s, {"loss.beta": 1, "init": "noise"}, 0, status={"status": "completed"}, metrics=_metrics(2.0, 3.0), result=True)
+    (s / "multirun.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "size": 32,
+                "hydra": {
+                    "sweeper": {"params": {"loss.beta": "1,10"}},
+                    "overrides": {"task": ["+experiment=x", "init=noise,content,style"]},
+                },
+            }
+        )
+    )
+    _job(
+        s, {"loss.beta": 1, "init": "noise"}, 0, status={"status": "completed"}, metrics=_metrics(2.0, 3.0), result=True
+    )
     _job(s, {"loss.beta": 1, "init": "content"}, 1, metrics=_metrics(4.0, 5.0), result=True)  # no callback: legacy
-    _job(s, {"loss.beta": 1, "init": "style"}, 2, status={"status": "failed", "error": "ImageError: style.jpg: no such file"})
-    _job(s, {"loss.beta": 10, "init": "noise"}, 3, status={"status": "running", "pid": __import__("os").getpid(),
-                                                             "host": __import__("socket").gethostname()},
-         metrics='{"final": {"cont')  # being written
-    _job(s, {"loss.beta": 10, "init": "content"}, 4, status={"status": "running", "pid": _dead_pid(),
-                                                               "host": __import__("socket").gethostname()})
+    _job(
+        s,
+        {"loss.beta": 1, "init": "style"},
+        2,
+        status={"status": "failed", "error": "ImageError: style.jpg: no such file"},
+    )
+    _job(
+        s,
+        {"loss.beta": 10, "init": "noise"},
+        3,
+        status={"status": "running", "pid": __import__("os").getpid(), "host": __import__("socket").gethostname()},
+        metrics='{"final": {"cont',
+    )  # being written
+    _job(
+        s,
+        {"loss.beta": 10, "init": "content"},
+        4,
+        status={"status": "running", "pid": _dead_pid(), "host": __import__("socket").gethostname()},
+    )
     # a job without the callback that crashed: only its log says so
     _job(s, {"loss.beta": 10, "init": "style"}, 5, log="Traceback (most recent call last):\n  ...\nValueError: boom\n")
     return s

@@ -83,7 +83,9 @@ def test_histogram_matching_of_grey_style_is_finite(pair):
     brick = images.load_image("builtin:brick", max_side=32)  # R = G = B: singular covariance
     out = color.match_color_histogram(brick, content)
     assert np.isfinite(out).all() and out.std() > 0.01
-    np.testing.assert_allclose(_stats(color.match_color_histogram(brick, content, clip=False))[0], _stats(content)[0], atol=1e-5)
+    np.testing.assert_allclose(
+        _stats(color.match_color_histogram(brick, content, clip=False))[0], _stats(content)[0], atol=1e-5
+    )
     with pytest.raises(ValueError, match="mode"):
         color.match_color_histogram(brick, content, "lab")
 

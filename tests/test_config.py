@@ -32,8 +32,13 @@ def test_stylize_schema_defaults_are_the_library_defaults():
         assert getattr(s.optim, f) == getattr(lib_optim, f), f
     assert (s.optim.name.value, s.optim.linesearch.value) == (lib_optim.name, lib_optim.linesearch)
     assert s.steps == lib_optim.steps == lib_run.stage_steps[-1]
-    assert (s.content, s.style, s.size, s.seed, s.init) == (lib_run.content, lib_run.styles[0], lib_run.sizes[-1],
-                                                              lib_run.seed, lib_run.init)
+    assert (s.content, s.style, s.size, s.seed, s.init) == (
+        lib_run.content,
+        lib_run.styles[0],
+        lib_run.sizes[-1],
+        lib_run.seed,
+        lib_run.init,
+    )
     # the composed default run is exactly the library's default settings
     cfg = _compose("config")
     assert schema.stylize_settings(cfg) == lib_run

@@ -130,12 +130,15 @@ def _compose_stylize(overrides: list[str]):
 
 @pytest.mark.parametrize("name", SWEEPS)
 def test_sweep_presets_compose_and_expand(name: str):
-    from nstyle.cli import sweep as batched
     from nstyle.cli import schema as config_mod
+    from nstyle.cli import sweep as batched
 
     cfg = _compose_stylize([f"experiment={name}"])
     assert str(cfg.hydra.sweep.dir).startswith(f"multirun/{name}/")
-    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${nstyle_dirname:${hydra.job.override_dirname}}"
+    assert (
+        OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
+        == "${nstyle_dirname:${hydra.job.override_dirname}}"
+    )
     assert cfg.hydra.callbacks.job_status._target_ == "nstyle.cli.jobs.JobStatusCallback"
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     fixed, sweeps = batched.split_sweep([], params)
@@ -156,7 +159,9 @@ def test_sweep_presets_compose_and_expand(name: str):
 def test_command_line_sweep_replaces_the_preset():
     from nstyle.cli import sweep as batched
 
-    fixed, sweeps = batched.split_sweep(["loss.beta=1,2", "size=32"], {"loss.beta": "1e5,1e4,1e3", "init": "noise,content"})
+    fixed, sweeps = batched.split_sweep(
+        ["loss.beta=1,2", "size=32"], {"loss.beta": "1e5,1e4,1e3", "init": "noise,content"}
+    )
     assert fixed == ["size=32"]
     assert sweeps == [["loss.beta=1", "loss.beta=2"], ["init=noise", "init=content"]]
 
@@ -188,8 +193,16 @@ def test_joblib_launcher_runs_two_jobs_and_collector_reads_them(tmp_path: Path):
     from nstyle.cli import collect, jobs
 
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "nstyle.cli.stylize", "-m", "experiment=ablation_optimizer", "+launcher=joblib",
-           f"hydra.sweep.dir={sweep}", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nstyle.cli.stylize",
+        "-m",
+        "experiment=ablation_optimizer",
+        "+launcher=joblib",
+        f"hydra.sweep.dir={sweep}",
+        *TINY,
+    ]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Joblib" in r.stdout + r.stderr  # it went through the joblib launcher
@@ -207,8 +220,8 @@ def test_joblib_launcher_runs_two_jobs_and_collector_reads_them(tmp_path: Path):
 @pytest.mark.slow
 def test_batched_sweep_matches_one_by_one(tmp_path: Path):
     from nstyle.cli import collect, stylize
-    from nstyle.cli import sweep as batched
     from nstyle.cli import schema as config_mod
+    from nstyle.cli import sweep as batched
 
     sweep = tmp_path / "sweep"
     argv = ["experiment=alpha_beta_grid", f"hydra.sweep.dir={sweep}", *TINY, "loss.beta=1e2,1e4"]
@@ -235,8 +248,15 @@ def test_alpha_beta_grid_experiment_debug_end_to_end(tmp_path: Path):
     from experiments import alpha_beta_grid
 
     pub = tmp_path / "results"
-    argv = ["--batched", "--sweep-dir", str(tmp_path / "sweep"), "--publish", str(pub), *TINY_BASE,
-            "loss.style_layers=[conv1_1],[conv1_1,conv2_1]"]
+    argv = [
+        "--batched",
+        "--sweep-dir",
+        str(tmp_path / "sweep"),
+        "--publish",
+        str(pub),
+        *TINY_BASE,
+        "loss.style_layers=[conv1_1],[conv1_1,conv2_1]",
+    ]
     assert alpha_beta_grid.main(argv) == 0
     rows = _rows(pub / "alpha_beta_grid.csv")
     assert len(rows) == 8 and {r["status"] for r in rows} == {"completed"}

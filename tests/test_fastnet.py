@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from flax import traverse_util
 
 from nstyle import fastnet
@@ -48,7 +47,9 @@ def test_full_architecture_parameter_count_and_shapes():
     assert len([k for k in shapes if k.startswith("Residual_")]) == 5
     assert shapes["ConvIN_3"]["Conv_0"]["kernel"].shape == (9, 9, 32, 3)
     params = fastnet.init(cfg, jax.random.key(0))
-    out = jax.eval_shape(lambda p, x: fastnet.apply(cfg, p, x), params, jax.ShapeDtypeStruct((2, 64, 48, 3), jnp.float32))
+    out = jax.eval_shape(
+        lambda p, x: fastnet.apply(cfg, p, x), params, jax.ShapeDtypeStruct((2, 64, 48, 3), jnp.float32)
+    )
     assert out.shape == (2, 64, 48, 3)
     # the transposed-convolution variant has the same parameter count (3×3 kernels either way)
     t = fastnet.FastNetConfig(upsample="transpose")
@@ -118,11 +119,18 @@ def test_export_and_load_round_trip(tmp_path, tiny_params):
 def test_load_rejects_files_that_are_not_models(tmp_path, tiny_params):
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     (tmp_path / "text.npz").write_text("hello")
-    bad = {f"params/{k}": np.asarray(v) for k, v in traverse_util.flatten_dict(tiny_params, sep="/").items()
-           if "Residual" not in k}
+    bad = {
+        f"params/{k}": np.asarray(v)
+        for k, v in traverse_util.flatten_dict(tiny_params, sep="/").items()
+        if "Residual" not in k
+    }
     header = {"format": fastnet.MODEL_FORMAT, "version": 1, "fastnet": {"width": 4, "blocks": 1}, "meta": {}}
     np.savez(tmp_path / "damaged.npz", __model__=np.array(json.dumps(header)), **bad)
-    for name, words in [("other.npz", "not an nstyle"), ("text.npz", "not a readable"), ("missing.npz", "no such"),
-                        ("damaged.npz", "do not match")]:
+    for name, words in [
+        ("other.npz", "not an nstyle"),
+        ("text.npz", "not a readable"),
+        ("missing.npz", "no such"),
+        ("damaged.npz", "do not match"),
+    ]:
         with pytest.raises(fastnet.ModelFileError, match=words):
             fastnet.load_model(tmp_path / name)

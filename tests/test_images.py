@@ -88,6 +88,7 @@ def test_permission_denied(tmp_path, monkeypatch):
     if os.geteuid() != 0:
         p.chmod(0)
     else:  # root reads any file, so make the open itself fail as it would for a user
+
         def denied(*a, **k):
             raise PermissionError(13, "Permission denied", str(p))
 
@@ -254,7 +255,21 @@ def test_multiframe_gif_uses_first_frame(tmp_path):
     np.testing.assert_allclose(x.mean(axis=(0, 1)), [1.0, 0.0, 0.0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "ihc", "brick", "grass", "gravel", "motorcycle_left"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "hubble_deep_field",
+        "ihc",
+        "brick",
+        "grass",
+        "gravel",
+        "motorcycle_left",
+    ],
+)
 def test_builtin_images_ship_with_skimage(name):
     assert name in images.BUILTIN and os.path.isfile(images.BUILTIN[name])
     x = images.load_image(f"builtin:{name}", max_side=32)
@@ -396,9 +411,13 @@ def test_activation_estimate_bounds_what_xla_allocates():
 
     params = weights.load("vgg19")
     # shallow layers keep the compile short; the bound is per stage, so depth does not matter
-    loss = losses.PerceptualLoss(content_layers=("conv2_2",), style_layers=("conv1_1", "conv2_1"), style_weights=(0.5, 0.5))
+    loss = losses.PerceptualLoss(
+        content_layers=("conv2_2",), style_layers=("conv1_1", "conv2_1"), style_weights=(0.5, 0.5)
+    )
     x = jnp.zeros((1, 48, 64, 3))
-    shapes = jax.eval_shape(lambda im: losses.Targets(losses.content_targets(params, im, loss), losses.style_targets(params, [im], loss)), x)
+    shapes = jax.eval_shape(
+        lambda im: losses.Targets(losses.content_targets(params, im, loss), losses.style_targets(params, [im], loss)), x
+    )
     targets = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     grad = jax.jit(jax.grad(lambda im: losses.perceptual_loss(params, im, targets, loss)[0].sum()))
     mem = grad.lower(x).compile().memory_analysis()

@@ -137,8 +137,12 @@ def test_style_custom_vjp_equals_autodiff(target_batch):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w_), rtol=2e-5, atol=1e-6 * float(jnp.abs(w_).max()))
         assert float(jnp.abs(w_).max()) > 0
     # and per image under vmap, as the optimiser's step uses it
-    per = jax.vmap(jax.grad(lambda f1, t1: losses.style_layer_loss(f1[None], t1[None])[0]))(f, jnp.broadcast_to(t, (b, n, n)))
-    ref = jax.vmap(jax.grad(lambda f1, t1: losses._style_layer_loss_autodiff(f1[None], t1[None])[0]))(f, jnp.broadcast_to(t, (b, n, n)))
+    per = jax.vmap(jax.grad(lambda f1, t1: losses.style_layer_loss(f1[None], t1[None])[0]))(
+        f, jnp.broadcast_to(t, (b, n, n))
+    )
+    ref = jax.vmap(jax.grad(lambda f1, t1: losses._style_layer_loss_autodiff(f1[None], t1[None])[0]))(
+        f, jnp.broadcast_to(t, (b, n, n))
+    )
     np.testing.assert_allclose(np.asarray(per), np.asarray(ref), rtol=2e-5, atol=1e-6 * float(jnp.abs(ref).max()))
 
 

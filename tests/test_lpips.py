@@ -45,8 +45,15 @@ def results(request, ref, all_params):
     left = np.concatenate([a, b, orig, orig, orig, orig, orig])  # (26, ...)
     right = np.concatenate([b, a, orig, _blur(orig).astype(np.float32), *noise.values()])
     d = np.asarray(lpips.lpips_distance(left, right, params=params))
-    parts = {"pairs": d[:8], "swapped": d[8:16], "self": d[16:18], "blur": d[18:20],
-             "noise0.05": d[20:22], "noise0.1": d[22:24], "noise0.2": d[24:26]}
+    parts = {
+        "pairs": d[:8],
+        "swapped": d[8:16],
+        "self": d[16:18],
+        "blur": d[18:20],
+        "noise0.05": d[20:22],
+        "noise0.1": d[22:24],
+        "noise0.2": d[24:26],
+    }
     return net, params, parts
 
 

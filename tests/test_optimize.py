@@ -13,8 +13,9 @@ import pytest
 from nstyle import losses, optimize
 from nstyle.optimize import OptimConfig
 
-SHALLOW = losses.PerceptualLoss(content_layers=("conv2_2",), content_weights=(1.0,),
-                                style_layers=("conv1_1", "conv2_1"), style_weights=(0.5, 0.5))
+SHALLOW = losses.PerceptualLoss(
+    content_layers=("conv2_2",), content_weights=(1.0,), style_layers=("conv1_1", "conv2_1"), style_weights=(0.5, 0.5)
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,10 @@ def tiny(small_images):
     """32 px versions of the shared images: (21, 32, 3) content, (32, 32, 3) style."""
     from nstyle import images
 
-    return {"content": images.resize_longest(small_images["content"], 32),
-            "style": images.resize(small_images["style"], (32, 32))}
+    return {
+        "content": images.resize_longest(small_images["content"], 32),
+        "style": images.resize(small_images["style"], (32, 32)),
+    }
 
 
 def test_step_is_one_jitted_function_compiled_once(vgg19, tiny):
@@ -43,9 +46,15 @@ def test_step_is_one_jitted_function_compiled_once(vgg19, tiny):
 
 
 def test_paper_settings_lower_the_loss_by_a_large_factor(vgg19, small_images):
-    r = optimize.stylize(vgg19, losses.PerceptualLoss(), content=small_images["content"],
-                         styles=[small_images["style"]], init="noise", key=jax.random.key(0),
-                         optim=OptimConfig(steps=25))
+    r = optimize.stylize(
+        vgg19,
+        losses.PerceptualLoss(),
+        content=small_images["content"],
+        styles=[small_images["style"]],
+        init="noise",
+        key=jax.random.key(0),
+        optim=OptimConfig(steps=25),
+    )
     assert r.stopped_reason == "steps" and r.iterations == 25 and not r.diverged
     assert r.final["loss"] < r.history["loss"][0] / 10  # measured: ÷18 in 25 iterations
     assert r.final["style"] < r.history["style"][0] / 10
@@ -58,8 +67,16 @@ def test_paper_settings_lower_the_loss_by_a_large_factor(vgg19, small_images):
 
 def test_texture_synthesis_style_only(vgg19, tiny):
     loss = losses.PerceptualLoss(alpha=0.0, style_layers=SHALLOW.style_layers, style_weights=SHALLOW.style_weights)
-    r = optimize.stylize(vgg19, loss, content=None, styles=[tiny["style"]], shape=(24, 40), init="noise",
-                         key=jax.random.key(1), optim=OptimConfig(steps=20))
+    r = optimize.stylize(
+        vgg19,
+        loss,
+        content=None,
+        styles=[tiny["style"]],
+        shape=(24, 40),
+        init="noise",
+        key=jax.random.key(1),
+        optim=OptimConfig(steps=20),
+    )
     assert r.image.shape == (24, 40, 3)
     assert r.final["style"] < r.history["style"][0] / 20
     assert "content/conv4_2" not in r.history and max(r.history["content"]) == 0.0
@@ -68,8 +85,7 @@ def test_texture_synthesis_style_only(vgg19, tiny):
 def test_content_reconstruction_content_only(vgg19, tiny):
     loss = losses.PerceptualLoss(beta=0.0, content_layers=("conv2_2",), content_weights=(1.0,))
     noise = np.asarray(jax.random.uniform(jax.random.key(2), tiny["content"].shape))
-    r = optimize.stylize(vgg19, loss, content=tiny["content"], styles=[], init=noise,
-                         optim=OptimConfig(steps=30))
+    r = optimize.stylize(vgg19, loss, content=tiny["content"], styles=[], init=noise, optim=OptimConfig(steps=30))
     assert r.final["content"] < r.history["content"][0] / 20
     assert max(r.history["style"]) == 0.0
     # the image moved towards the photo (measured: mean |error| 0.28 -> 0.19 in 30 iterations)
@@ -79,13 +95,25 @@ def test_content_reconstruction_content_only(vgg19, tiny):
 
 def test_batch_optimises_each_image_independently(vgg19, tiny):
     betas = [1e2, 1e4]
-    rb = optimize.stylize_batch(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]],
-                                weights={"beta": betas}, optim=OptimConfig(steps=6))
+    rb = optimize.stylize_batch(
+        vgg19,
+        SHALLOW,
+        content=tiny["content"],
+        styles=[tiny["style"]],
+        weights={"beta": betas},
+        optim=OptimConfig(steps=6),
+    )
     assert rb.images.shape == (2,) + tiny["content"].shape
     assert rb.history["loss"].shape == (6, 2) and list(rb.evals) == [6, 6]
     for i, beta in enumerate(betas):  # each image alone (a batch of one: the same compiled step as the other tests)
-        r = optimize.stylize_batch(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]],
-                                   weights={"beta": [beta]}, optim=OptimConfig(steps=6))
+        r = optimize.stylize_batch(
+            vgg19,
+            SHALLOW,
+            content=tiny["content"],
+            styles=[tiny["style"]],
+            weights={"beta": [beta]},
+            optim=OptimConfig(steps=6),
+        )
         np.testing.assert_allclose(rb.images[i], r.images[0], atol=2e-5)
         np.testing.assert_allclose(rb.history["loss"][:, i], r.history["loss"][:, 0], rtol=1e-4)
     assert not np.allclose(rb.images[0], rb.images[1], atol=1e-3)
@@ -94,8 +122,14 @@ def test_batch_optimises_each_image_independently(vgg19, tiny):
 def test_nonfinite_loss_stops_and_keeps_the_last_good_image(vgg19, tiny):
     x0 = np.asarray(tiny["content"]) * 0.5 + 0.25
     # an absurd Adam step sends the pixels to ±1e30; the loss of that image overflows
-    r = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], init=x0,
-                         optim=OptimConfig(name="adam", lr=1e30, steps=10))
+    r = optimize.stylize(
+        vgg19,
+        SHALLOW,
+        content=tiny["content"],
+        styles=[tiny["style"]],
+        init=x0,
+        optim=OptimConfig(name="adam", lr=1e30, steps=10),
+    )
     assert r.stopped_reason == "nonfinite" and r.diverged
     assert r.iterations == 2  # the 2nd evaluation saw the non-finite loss
     assert not np.isfinite(r.history["loss"][-1])
@@ -105,8 +139,14 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_image(vgg19, tiny):
 
 def test_result_is_the_best_evaluated_iterate_with_its_exact_loss_terms(vgg19, tiny):
     # Adam with a large step oscillates, so the last evaluated image is not the best one
-    r = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], init="noise",
-                         optim=OptimConfig(name="adam", lr=0.3, steps=12, project=True))
+    r = optimize.stylize(
+        vgg19,
+        SHALLOW,
+        content=tiny["content"],
+        styles=[tiny["style"]],
+        init="noise",
+        optim=OptimConfig(name="adam", lr=0.3, steps=12, project=True),
+    )
     loss = np.asarray(r.history["loss"])
     best = int(np.argmin(loss))
     assert best < len(loss) - 1  # not vacuous: the run did get worse after its best image
@@ -114,14 +154,18 @@ def test_result_is_the_best_evaluated_iterate_with_its_exact_loss_terms(vgg19, t
         assert r.final[k] == v[best], k
     # and they are the loss of the returned image (in [0, 1] throughout, so the clip changes nothing)
     targets = optimize.prepare_targets(vgg19, SHALLOW, tiny["content"], [tiny["style"]], None, batch=1)
-    total, aux = optimize.make_evaluate(SHALLOW)(jnp.asarray(r.image)[None], vgg19, targets, optimize.loss_weights(SHALLOW, 1))
+    total, aux = optimize.make_evaluate(SHALLOW)(
+        jnp.asarray(r.image)[None], vgg19, targets, optimize.loss_weights(SHALLOW, 1)
+    )
     np.testing.assert_allclose(float(total[0]), r.final["loss"], rtol=1e-5)
     np.testing.assert_allclose(float(aux["style"][0]), r.final["style"], rtol=1e-5)
     # no step at all: the starting image, evaluated
     r0 = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], optim=OptimConfig(steps=0))
     assert r0.iterations == 0 and all(len(v) == 0 for v in r0.history.values())
     np.testing.assert_array_equal(r0.image, tiny["content"])
-    start = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], optim=OptimConfig(steps=1))
+    start = optimize.stylize(
+        vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], optim=OptimConfig(steps=1)
+    )
     np.testing.assert_allclose(r0.final["loss"], start.history["loss"][0], rtol=1e-5)  # the loss of the content image
 
 
@@ -129,7 +173,9 @@ def test_blended_style_targets_are_the_weighted_mean_of_the_grams(vgg19, tiny):
     other = tiny["style"][::-1, :, ::-1]  # a different image of the same size
     small = tiny["style"][:24, :20]  # and one of another size (style scale)
     one = lambda img: optimize.prepare_targets(vgg19, SHALLOW, tiny["content"], [img], None, 1).style  # noqa: E731
-    mix = optimize.prepare_targets(vgg19, SHALLOW, tiny["content"], [tiny["style"], other, small], [2.0, 1.0, 1.0], 1).style
+    mix = optimize.prepare_targets(
+        vgg19, SHALLOW, tiny["content"], [tiny["style"], other, small], [2.0, 1.0, 1.0], 1
+    ).style
     a, b, c = one(tiny["style"]), one(other), one(small)
     for layer in SHALLOW.style_layers:
         np.testing.assert_allclose(mix[layer], 0.5 * a[layer] + 0.25 * b[layer] + 0.25 * c[layer], rtol=1e-5, atol=1e-7)
@@ -138,8 +184,13 @@ def test_blended_style_targets_are_the_weighted_mean_of_the_grams(vgg19, tiny):
 
 def test_zoom_linesearch_reports_evaluations(vgg19, tiny):
     one_layer = losses.PerceptualLoss(content_layers=("conv1_1",), style_layers=("conv1_1",), style_weights=(1.0,))
-    r = optimize.stylize(vgg19, one_layer, content=tiny["content"], styles=[tiny["style"]],
-                         optim=OptimConfig(steps=4, linesearch="zoom", max_linesearch_steps=5))
+    r = optimize.stylize(
+        vgg19,
+        one_layer,
+        content=tiny["content"],
+        styles=[tiny["style"]],
+        optim=OptimConfig(steps=4, linesearch="zoom", max_linesearch_steps=5),
+    )
     assert r.iterations == 4 and r.stopped_reason == "steps"
     assert r.iterations <= r.evals <= r.iterations * 5 + 1
     assert r.final["loss"] < r.history["loss"][0]
@@ -152,16 +203,32 @@ def test_adam_with_projection_stays_in_range(vgg19, tiny):
         x = np.asarray(state.image)
         seen.append((x.min(), x.max()))
 
-    r = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], init="noise",
-                         key=jax.random.key(0), optim=OptimConfig(name="adam", lr=0.05, steps=8, project=True),
-                         callback=check)
+    r = optimize.stylize(
+        vgg19,
+        SHALLOW,
+        content=tiny["content"],
+        styles=[tiny["style"]],
+        init="noise",
+        key=jax.random.key(0),
+        optim=OptimConfig(name="adam", lr=0.05, steps=8, project=True),
+        callback=check,
+    )
     assert len(seen) == 8 and all(lo >= 0 and hi <= 1 for lo, hi in seen)
     assert r.final["loss"] < r.history["loss"][0] / 2
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels(vgg19, tiny):
-    run = lambda seed: optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]],  # noqa: E731
-                                        init="noise", key=jax.random.key(seed), optim=OptimConfig(steps=5)).image
+    run = lambda seed: (
+        optimize.stylize(
+            vgg19,
+            SHALLOW,
+            content=tiny["content"],
+            styles=[tiny["style"]],  # noqa: E731
+            init="noise",
+            key=jax.random.key(seed),
+            optim=OptimConfig(steps=5),
+        ).image
+    )
     a, b, c = run(3), run(3), run(4)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
@@ -240,13 +307,13 @@ def test_lbfgs_uphill_direction_drops_the_memory():
 def test_lbfgs_blow_up_restarts_from_the_best_image_and_recovers(vgg19, tiny):
     """A step that multiplies the loss (here: an absurd first step) is undone: the run goes back
     to the best image, drops the L-BFGS memory, halves its step scale, and still converges."""
-    blow = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]],
-                            optim=OptimConfig(lr=300.0, steps=25))
+    blow = optimize.stylize(
+        vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], optim=OptimConfig(lr=300.0, steps=25)
+    )
     assert blow.restarts > 0
     assert not blow.diverged and blow.stopped_reason == "steps"
     start = blow.history["loss"][0]
     assert blow.final["loss"] < 0.8 * start  # recovered and made progress (0.56× here)
     assert max(blow.history["loss"]) > optimize.RESTART_FACTOR * start  # the blow-up did happen
-    calm = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]],
-                            optim=OptimConfig(steps=5))
+    calm = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], optim=OptimConfig(steps=5))
     assert calm.restarts == 0  # ordinary runs never restart

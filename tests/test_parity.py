@@ -69,10 +69,10 @@ def test_every_conv_layer_matches_torch_reference(ref, responses, arch, pooling)
         _close([f.mean(), f.std()], [mean, std], scale, f"{p}/{layer} mean/std")
         step = max(c // 128, 1)
         n = len(range(0, c, step))
-        _close(f.mean((0, 1, 2))[::step], ref[p + "/chmean"][c0:c0 + n], scale, f"{p}/{layer} channel means")
+        _close(f.mean((0, 1, 2))[::step], ref[p + "/chmean"][c0 : c0 + n], scale, f"{p}/{layer} channel means")
         k = max(h // 8, 1)
         m = f.mean(-1).reshape(b, h // k, k, w // k, k).mean((2, 4)).reshape(-1)
-        _close(m, ref[p + "/map"][m0:m0 + m.size], scale, f"{p}/{layer} spatial map")
+        _close(m, ref[p + "/map"][m0 : m0 + m.size], scale, f"{p}/{layer} spatial map")
         c0, m0 = c0 + n, m0 + m.size
     assert c0 == ref[p + "/chmean"].size and m0 == ref[p + "/map"].size
 

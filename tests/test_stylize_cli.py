@@ -69,8 +69,14 @@ def test_run_dir_holds_result_metrics_snapshots_and_config_and_is_reproducible(t
     p = cli("debug=tiny", "seed=1", f"hydra.run.dir={out}")
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
-    for f in ("result.png", "metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml",
-              "snapshots/step_0005.png", "snapshots/step_0010.png"):
+    for f in (
+        "result.png",
+        "metrics.json",
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "snapshots/step_0005.png",
+        "snapshots/step_0010.png",
+    ):
         assert (out / f).is_file(), f
     m = json.loads((out / "metrics.json").read_text())
     assert m["iterations"] == 10 and m["evals"] == 10 and m["evals_per_iter"] == 1.0
@@ -141,8 +147,12 @@ def test_wrong_type_fails_while_composing():
 
 
 def test_every_config_composes():
-    for group, names in (("experiment", ["demo_texture", "demo_content_only"]), ("optim", ["adam", "lbfgs"]),
-                         ("network", ["vgg16", "vgg19"]), ("debug", ["tiny"])):
+    for group, names in (
+        ("experiment", ["demo_texture", "demo_content_only"]),
+        ("optim", ["adam", "lbfgs"]),
+        ("network", ["vgg16", "vgg19"]),
+        ("debug", ["tiny"]),
+    ):
         for name in names:
             schema.stylize_settings(_without_hydra(compose_cfg(f"{group}={name}")))
     s = schema.stylize_settings(_without_hydra(compose_cfg()))
@@ -172,8 +182,17 @@ def test_texture_synthesis_and_content_only_runs(tmp_path):
 
 def test_blend_histogram_colour_and_coarse_to_fine(tmp_path):
     out = tmp_path / "c2f"
-    run_inprocess(out, "debug=tiny", "style=[builtin:ihc,builtin:coffee]", "style_blend=[0.7,0.3]",
-                  "preserve_color=histogram", "schedule=[32]", "schedule_steps=[4]", "steps=4", "snapshot_every=0")
+    run_inprocess(
+        out,
+        "debug=tiny",
+        "style=[builtin:ihc,builtin:coffee]",
+        "style_blend=[0.7,0.3]",
+        "preserve_color=histogram",
+        "schedule=[32]",
+        "schedule_steps=[4]",
+        "steps=4",
+        "snapshot_every=0",
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert [st["size"] for st in m["stages"]] == [32, 48] and m["iterations"] == 8
     assert [st["shape"] for st in m["stages"]] == [[21, 32], [32, 48]]
@@ -184,12 +203,21 @@ def test_blend_histogram_colour_and_coarse_to_fine(tmp_path):
 def test_luminance_transfer_keeps_content_colours_and_converts_odd_files(tmp_path):
     # an RGBA content and a 16-bit greyscale style go through images.py's conversions
     rgb = images.load_image("builtin:chelsea", 64)
-    Image.fromarray(np.dstack([images.to_uint8(rgb), np.full(rgb.shape[:2], 255, np.uint8)]), "RGBA").save(tmp_path / "c.png")
+    Image.fromarray(np.dstack([images.to_uint8(rgb), np.full(rgb.shape[:2], 255, np.uint8)]), "RGBA").save(
+        tmp_path / "c.png"
+    )
     grey = (images.load_image("builtin:ihc", 64).mean(-1) * 65535).astype(np.uint16)
     Image.fromarray(grey).save(tmp_path / "s.png")
     out = tmp_path / "lum"
-    run_inprocess(out, "debug=tiny", f"content={tmp_path / 'c.png'}", f"style={tmp_path / 's.png'}",
-                  "preserve_color=luminance", "size=32", "steps=4")
+    run_inprocess(
+        out,
+        "debug=tiny",
+        f"content={tmp_path / 'c.png'}",
+        f"style={tmp_path / 's.png'}",
+        "preserve_color=luminance",
+        "size=32",
+        "steps=4",
+    )
     result = read_png(out / "result.png").astype(np.float32) / 255
     content = images.resize(images.load_image(tmp_path / "c.png"), result.shape[:2])
     # the result's chroma (I, Q of YIQ) is the content's, up to 8-bit rounding and clipping
@@ -207,24 +235,27 @@ def broken_files(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["content=/no/such/photo.jpg"], "/no/such/photo.jpg"),
-    (["style=builtin:nosuch"], "builtin:nosuch"),
-    (["content={d}/notes.jpg"], "notes.jpg"),
-    (["style={d}/truncated.png"], "truncated.png"),
-    (["size=8"], "too small"),
-    (["size=48", "style_scale=0.1"], "too small"),
-    (["size=4000", "max_memory_gb=1"], "would fit"),
-    (["loss.style_layers=[conv1_1,conv9_9]"], "conv9_9"),
-    (["loss.content_layers=[fc7]"], "fc7"),
-    (["loss.beta=-1"], "loss.beta must be a finite number >= 0, got -1"),
-    (["loss.style_weights=[1,1,1,1,-1]"], "loss.style_weights[4] must be a finite number >= 0"),
-    (["style=[builtin:ihc,builtin:coffee]", "style_blend=[1,-1]"], "style_blend"),
-    (["loss.alpha=0", "loss.beta=0"], "nothing to optimise"),
-    (["content=null"], "no content image"),
-    (["init={d}/missing.png"], "missing.png"),
-    (["schedule=[64]"], "schedule"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["content=/no/such/photo.jpg"], "/no/such/photo.jpg"),
+        (["style=builtin:nosuch"], "builtin:nosuch"),
+        (["content={d}/notes.jpg"], "notes.jpg"),
+        (["style={d}/truncated.png"], "truncated.png"),
+        (["size=8"], "too small"),
+        (["size=48", "style_scale=0.1"], "too small"),
+        (["size=4000", "max_memory_gb=1"], "would fit"),
+        (["loss.style_layers=[conv1_1,conv9_9]"], "conv9_9"),
+        (["loss.content_layers=[fc7]"], "fc7"),
+        (["loss.beta=-1"], "loss.beta must be a finite number >= 0, got -1"),
+        (["loss.style_weights=[1,1,1,1,-1]"], "loss.style_weights[4] must be a finite number >= 0"),
+        (["style=[builtin:ihc,builtin:coffee]", "style_blend=[1,-1]"], "style_blend"),
+        (["loss.alpha=0", "loss.beta=0"], "nothing to optimise"),
+        (["content=null"], "no content image"),
+        (["init={d}/missing.png"], "missing.png"),
+        (["schedule=[64]"], "schedule"),
+    ],
+)
 def test_bad_input_is_one_line_error_without_traceback(capsys, broken_files, overrides, expected):
     overrides = [o.format(d=broken_files) for o in overrides]
     err = error_line(capsys, broken_files / "out", "debug=tiny", *overrides)
@@ -244,8 +275,15 @@ def test_existing_result_is_never_overwritten_silently(capsys, tmp_path):
 def test_nonfinite_loss_stops_keeps_last_good_image_and_says_so(capsys, tmp_path):
     out = tmp_path / "nan"
     # an absurd Adam step overflows the loss at the 2nd evaluation (one layer: cheap to compile)
-    loss = run_inprocess(out, "debug=tiny", "optim=adam", "optim.lr=1e30", "optim.project=false",
-                         "loss.content_layers=[conv1_1]", "loss.style_layers=[conv1_1]")
+    loss = run_inprocess(
+        out,
+        "debug=tiny",
+        "optim=adam",
+        "optim.lr=1e30",
+        "optim.project=false",
+        "loss.content_layers=[conv1_1]",
+        "loss.style_layers=[conv1_1]",
+    )
     err = capsys.readouterr().err
     assert "NaN/inf" in err and "last image with a finite loss" in err
     m = json.loads((out / "metrics.json").read_text())

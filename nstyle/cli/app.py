@@ -24,8 +24,9 @@ def conf_dir() -> Path:
     for candidate in (package / "conf", package.parent / "conf"):
         if (candidate / "config.yaml").is_file() and (candidate / "train.yaml").is_file():
             return candidate
-    raise UserError(f"nstyle's configs are missing (looked in {package / 'conf'} and {package.parent / 'conf'}); "
-                    f"reinstall nstyle")
+    raise UserError(
+        f"nstyle's configs are missing (looked in {package / 'conf'} and {package.parent / 'conf'}); reinstall nstyle"
+    )
 
 
 def quiet_jax_logs() -> None:
@@ -84,8 +85,9 @@ def hydra_main(prog: str, config_name: str, task: Callable[[Any], Any], argv: Se
 
     argv = list(sys.argv[1:] if argv is None else argv)
     schema.register()
-    if not any(a in ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
-               for a in argv):
+    if not any(
+        a in ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in argv
+    ):
         try:
             check_overrides(config_name, argv)
         except UserError as e:

@@ -74,13 +74,22 @@ class Styliser:
         return np.asarray(jax.device_get(out))[0]
 
     def describe(self) -> dict:
-        return {"model": str(self.path.resolve()), "model_sha256": self.sha256,
-                "checkpoint": self.meta.get("checkpoint"), "trained": self.meta}
+        return {
+            "model": str(self.path.resolve()),
+            "model_sha256": self.sha256,
+            "checkpoint": self.meta.get("checkpoint"),
+            "trained": self.meta,
+        }
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def run(opts: dict, log=print) -> dict:
@@ -93,7 +102,9 @@ def run(opts: dict, log=print) -> dict:
         if not todo:
             raise UserError(f"input folder '{src}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
         if dst.exists() and (not dst.is_dir() or (any(dst.iterdir()) and not opts["overwrite"])):
-            raise UserError(f"output '{dst}' already exists and is not an empty folder; choose a new folder or add overwrite=true")
+            raise UserError(
+                f"output '{dst}' already exists and is not an empty folder; choose a new folder or add overwrite=true"
+            )
         pairs = [(p, dst / p.relative_to(src)) for p in todo]
         meta_path = dst / "nstyle-apply.json"
     else:
@@ -120,13 +131,27 @@ def run(opts: dict, log=print) -> dict:
         result = model(img)
         seconds = time.perf_counter() - t  # includes compilation for a new image shape
         images.save_image(out, result)
-        done.append({"input": str(inp), "output": str(out), "size": [int(img.shape[0]), int(img.shape[1])],
-                     "seconds": round(seconds, 4)})
+        done.append(
+            {
+                "input": str(inp),
+                "output": str(out),
+                "size": [int(img.shape[0]), int(img.shape[1])],
+                "seconds": round(seconds, 4),
+            }
+        )
         log(f"{inp} -> {out} ({img.shape[1]}x{img.shape[0]}, {seconds:.2f} s)")
     if not done:
         raise UserError(f"no image in '{src}' could be read ({len(skipped)} skipped); check the files")
-    meta = {**model.describe(), "input": str(src), "output": str(dst), "images": done, "skipped": skipped,
-            "max_side": opts.get("max_side"), "jax": jax.__version__, "platform": jax.devices()[0].platform}
+    meta = {
+        **model.describe(),
+        "input": str(src),
+        "output": str(dst),
+        "images": done,
+        "skipped": skipped,
+        "max_side": opts.get("max_side"),
+        "jax": jax.__version__,
+        "platform": jax.devices()[0].platform,
+    }
     _io.write_json(meta_path, meta)
     return meta
 

@@ -192,8 +192,17 @@ def scan(sweep_dir: str | os.PathLike) -> list[Job]:
                     overrides[kv[0]] = kv[1]
         status, metrics, error = _classify(path)
         num = _job_num(path)
-        jobs.append(Job(name=str(path.relative_to(sweep_dir)), path=path, status=status, overrides=overrides,
-                        num=num if num is not None else 10**9, metrics=metrics, error=error))
+        jobs.append(
+            Job(
+                name=str(path.relative_to(sweep_dir)),
+                path=path,
+                status=status,
+                overrides=overrides,
+                num=num if num is not None else 10**9,
+                metrics=metrics,
+                error=error,
+            )
+        )
     jobs.sort(key=lambda j: (j.num, j.name))
     return jobs
 
@@ -224,8 +233,16 @@ def swept_keys(jobs: Sequence[Job], sweep_dir: str | os.PathLike | None = None) 
     keys = [k for k in order if k not in _IGNORED_KEYS and len({j.overrides.get(k) for j in jobs}) > 1]
     if sweep_dir is not None:  # declared sweeps count even while only one of their values has run
         conf = _read_yaml(Path(sweep_dir) / "multirun.yaml")
-        params = (((conf or {}).get("hydra") or {}).get("sweeper") or {}).get("params") or {} if isinstance(conf, dict) else {}
-        cli = (((conf or {}).get("hydra") or {}).get("overrides") or {}).get("task") or [] if isinstance(conf, dict) else []
+        params = (
+            (((conf or {}).get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+            if isinstance(conf, dict)
+            else {}
+        )
+        cli = (
+            (((conf or {}).get("hydra") or {}).get("overrides") or {}).get("task") or []
+            if isinstance(conf, dict)
+            else []
+        )
         declared = [str(k) for k in params] + [k for t in cli if (k := _sweep_key(str(t)))]
         for k in declared:
             k = k.lstrip("+~")
@@ -364,9 +381,15 @@ def value_label(key: str, value: str) -> str:
 
 
 def key_label(key: str) -> str:
-    return {"loss.alpha": "α", "loss.beta": "β", "loss.style_layers": "style layers (w_l = 1/n)",
-            "loss.content_layers": "content layer", "network.pooling": "VGG pooling", "optim": "optimiser",
-            "init": "initial image"}.get(key, key)
+    return {
+        "loss.alpha": "α",
+        "loss.beta": "β",
+        "loss.style_layers": "style layers (w_l = 1/n)",
+        "loss.content_layers": "content layer",
+        "network.pooling": "VGG pooling",
+        "optim": "optimiser",
+        "init": "initial image",
+    }.get(key, key)
 
 
 def _sort_values(values: Iterable[str]) -> list[str]:
@@ -396,7 +419,9 @@ def build_rows(jobs: Sequence[Job], keys: Sequence[str], evaluator: Evaluator | 
         row.update(metrics_row(j.metrics))
         hist = loss_history(j.metrics)
         # final / initial total loss: > 1 means the optimisation made the image worse (diverged)
-        row["loss_ratio"] = (row["total_loss"] / hist[0]) if hist and hist[0] and row["total_loss"] is not None else None
+        row["loss_ratio"] = (
+            (row["total_loss"] / hist[0]) if hist and hist[0] and row["total_loss"] is not None else None
+        )
         if row["loss_ratio"] is not None and row["loss_ratio"] > 1 and j.status == "completed":
             j.error = j.error or f"final loss {row['loss_ratio']:.3g}× the initial one: the optimisation diverged"
         if evaluator is not None and j.status == "completed":
@@ -450,8 +475,9 @@ def _settings(jobs: Sequence[Job], keys: Sequence[str]) -> dict[str, str]:
     return {k: v for k, v in common.items() if k not in keys and k not in _IGNORED_KEYS}
 
 
-def grid_figure(jobs: Sequence[Job], rows_key: str | None, cols_key: str | None, *, title: str,
-                settings: Mapping[str, object]):
+def grid_figure(
+    jobs: Sequence[Job], rows_key: str | None, cols_key: str | None, *, title: str, settings: Mapping[str, object]
+):
     """Results arranged by two swept keys (either may be None: one row / one column)."""
     rv = _sort_values(j.overrides.get(rows_key, "") for j in jobs) if rows_key else [""]
     cv = _sort_values(j.overrides.get(cols_key, "") for j in jobs) if cols_key else [""]
@@ -468,6 +494,7 @@ def grid_figure(jobs: Sequence[Job], rows_key: str | None, cols_key: str | None,
             except Exception:  # noqa: BLE001 -- a half-written PNG shows as missing
                 pass
         missing[r][c] = j.status.upper()
+
     def labels(key, values):
         if key in ("loss.alpha", "loss.beta"):  # the paper's axis is the ratio α/β
             out = []
@@ -480,8 +507,16 @@ def grid_figure(jobs: Sequence[Job], rows_key: str | None, cols_key: str | None,
     def title_of(key):
         return ("α/β" if key in ("loss.alpha", "loss.beta") else key_label(key)) if key else ""
 
-    return figures.image_grid(cells, labels(rows_key, rv), labels(cols_key, cv), title=title,
-                              row_title=title_of(rows_key), col_title=title_of(cols_key), settings=settings, missing=missing)
+    return figures.image_grid(
+        cells,
+        labels(rows_key, rv),
+        labels(cols_key, cv),
+        title=title,
+        row_title=title_of(rows_key),
+        col_title=title_of(cols_key),
+        settings=settings,
+        missing=missing,
+    )
 
 
 @dataclasses.dataclass
@@ -496,8 +531,9 @@ class Summary:
 
     def report(self) -> str:
         c = self.counts
-        head = (f"{self.sweep_dir}: {sum(c[s] for s in STATES if s != 'pending')} job dirs — "
-                + ", ".join(f"{c[s]} {s}" for s in STATES if c[s] or s == "completed"))
+        head = f"{self.sweep_dir}: {sum(c[s] for s in STATES if s != 'pending')} job dirs — " + ", ".join(
+            f"{c[s]} {s}" for s in STATES if c[s] or s == "completed"
+        )
         lines = [head]
         for j in self.jobs:
             if j.status != "completed" or j.error:
@@ -507,15 +543,25 @@ class Summary:
         return "\n".join(lines)
 
 
-def summarize(sweep_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, rows_key: str | None = None,
-            cols_key: str | None = None, evaluate: bool = True, lpips_net: str = "vgg16", title: str | None = None) -> Summary:
+def summarize(
+    sweep_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    rows_key: str | None = None,
+    cols_key: str | None = None,
+    evaluate: bool = True,
+    lpips_net: str = "vgg16",
+    title: str | None = None,
+) -> Summary:
     """Scan ``sweep_dir`` and write its table, grid and loss curves into ``out_dir``."""
     sweep_dir = Path(sweep_dir)
     jobs = scan(sweep_dir)
     keys = swept_keys(jobs, sweep_dir)
     for k in (rows_key, cols_key):
         if k is not None and k not in keys and not any(k in j.overrides for j in jobs):
-            raise CollectError(f"--rows/--cols key '{k}' is not an override of any job; swept keys: {', '.join(keys) or 'none'}")
+            raise CollectError(
+                f"--rows/--cols key '{k}' is not an override of any job; swept keys: {', '.join(keys) or 'none'}"
+            )
     counts = {s: sum(1 for j in jobs if j.status == s) for s in STATES}
     expected = expected_jobs(sweep_dir)
     counts["pending"] = max(0, expected - len(jobs)) if expected is not None else 0
@@ -568,8 +614,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--title", default=None)
     p.add_argument("--strict", action="store_true", help="exit 1 if any job failed or died")
     args = p.parse_args(argv)
-    s = summarize(args.sweep_dir, args.out, rows_key=args.rows, cols_key=args.cols, evaluate=not args.no_eval,
-                  lpips_net=args.lpips_net, title=args.title)
+    s = summarize(
+        args.sweep_dir,
+        args.out,
+        rows_key=args.rows,
+        cols_key=args.cols,
+        evaluate=not args.no_eval,
+        lpips_net=args.lpips_net,
+        title=args.title,
+    )
     print(s.report())
     return 1 if args.strict and (s.counts["failed"] or s.counts["died"]) else 0
 

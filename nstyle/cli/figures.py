@@ -79,9 +79,16 @@ def _shape_of(images: Sequence[np.ndarray | None]) -> tuple[int, int] | None:
     return next((tuple(np.shape(i)[:2]) for i in images if i is not None), None)
 
 
-def image_row(images: Sequence[np.ndarray | None], labels: Sequence[str], *, title: str,
-              settings: Mapping[str, object] | None = None, sublabels: Sequence[str] | None = None,
-              xlabel: str | None = None, panel_in: float = 2.3) -> Figure:
+def image_row(
+    images: Sequence[np.ndarray | None],
+    labels: Sequence[str],
+    *,
+    title: str,
+    settings: Mapping[str, object] | None = None,
+    sublabels: Sequence[str] | None = None,
+    xlabel: str | None = None,
+    panel_in: float = 2.3,
+) -> Figure:
     """Images side by side, each with a label above and optional lines of numbers below."""
     n = len(images)
     if len(labels) != n:
@@ -105,15 +112,27 @@ def image_row(images: Sequence[np.ndarray | None], labels: Sequence[str], *, tit
             ax.set_xlabel(sublabels[i], fontsize=8)
     fig.suptitle(title, fontsize=12, y=1.0 - 0.1 / height, va="top")
     if xlabel:
-        fig.supxlabel(xlabel, fontsize=9, y=(footer_lines * SETTINGS_FONTSIZE * 1.45 / 72.0 + 0.05) / height, va="bottom")
-    fig.subplots_adjust(left=0.2 / width, right=1 - 0.2 / width, top=1 - top_in / height, bottom=below_in / height,
-                        wspace=0.04)
+        fig.supxlabel(
+            xlabel, fontsize=9, y=(footer_lines * SETTINGS_FONTSIZE * 1.45 / 72.0 + 0.05) / height, va="bottom"
+        )
+    fig.subplots_adjust(
+        left=0.2 / width, right=1 - 0.2 / width, top=1 - top_in / height, bottom=below_in / height, wspace=0.04
+    )
     return fig
 
 
-def image_grid(cells: Sequence[Sequence[np.ndarray | None]], row_labels: Sequence[str], col_labels: Sequence[str], *,
-               title: str, row_title: str = "", col_title: str = "", settings: Mapping[str, object] | None = None,
-               missing: Sequence[Sequence[str]] | None = None, panel_in: float = 2.0) -> Figure:
+def image_grid(
+    cells: Sequence[Sequence[np.ndarray | None]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    *,
+    title: str,
+    row_title: str = "",
+    col_title: str = "",
+    settings: Mapping[str, object] | None = None,
+    missing: Sequence[Sequence[str]] | None = None,
+    panel_in: float = 2.0,
+) -> Figure:
     """A rows × cols grid of images; ``missing[r][c]`` labels a ``None`` cell (e.g. "FAILED")."""
     rows, cols = len(cells), max((len(r) for r in cells), default=0)
     if rows == 0 or cols == 0:
@@ -146,9 +165,16 @@ def image_grid(cells: Sequence[Sequence[np.ndarray | None]], row_labels: Sequenc
     return fig
 
 
-def loss_curves(curves: Mapping[str, Sequence[float] | tuple[Sequence[float], Sequence[float]]], *, title: str,
-                ylabel: str = "loss", xlabel: str = "iteration", settings: Mapping[str, object] | None = None,
-                logy: bool = True, legend_title: str | None = None) -> Figure:
+def loss_curves(
+    curves: Mapping[str, Sequence[float] | tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    ylabel: str = "loss",
+    xlabel: str = "iteration",
+    settings: Mapping[str, object] | None = None,
+    logy: bool = True,
+    legend_title: str | None = None,
+) -> Figure:
     """One line per run: ``{label: values}`` or ``{label: (steps, values)}``.
 
     Non-finite and (with ``logy``) non-positive values are dropped rather than plotted,
@@ -176,8 +202,15 @@ def loss_curves(curves: Mapping[str, Sequence[float] | tuple[Sequence[float], Se
     ax.set_title(title, fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
     if curves:
-        ax.legend(fontsize=7, ncol=ncol_legend, title=legend_title, title_fontsize=7,
-                  loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.legend(
+            fontsize=7,
+            ncol=ncol_legend,
+            title=legend_title,
+            title_fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+        )
     fig.subplots_adjust(left=0.09, right=0.98 - 0.2 * ncol_legend - 0.02, top=0.9, bottom=bottom + 0.12)
     return fig
 

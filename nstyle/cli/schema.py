@@ -198,7 +198,7 @@ def check_known_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
     """Refuse any key of ``cfg`` that ``schema`` does not define, at any depth (``+key=`` adds
     keys past OmegaConf's struct mode; they would be stored and silently ignored)."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    for key in cfg.keys():
+    for key in cfg:
         if key == "hydra":
             continue
         if key not in fields:
@@ -274,10 +274,15 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
     sw = sw if sw is not None else [1.0 / max(len(lc.style_layers), 1)] * len(lc.style_layers)
     try:
         loss = losses.PerceptualLoss(
-            content_layers=tuple(lc.content_layers), content_weights=tuple(cw),
-            style_layers=tuple(lc.style_layers), style_weights=tuple(sw),
-            alpha=check_weight("loss.alpha", lc.alpha, typed), beta=check_weight("loss.beta", lc.beta, typed),
-            tv_weight=check_weight("loss.tv_weight", lc.tv_weight, typed), pooling=c.network.pooling.value)
+            content_layers=tuple(lc.content_layers),
+            content_weights=tuple(cw),
+            style_layers=tuple(lc.style_layers),
+            style_weights=tuple(sw),
+            alpha=check_weight("loss.alpha", lc.alpha, typed),
+            beta=check_weight("loss.beta", lc.beta, typed),
+            tv_weight=check_weight("loss.tv_weight", lc.tv_weight, typed),
+            pooling=c.network.pooling.value,
+        )
         optimize.check_layers(loss, arch)
     except ValueError as e:
         raise UserError(f"loss: {e}") from None
@@ -307,25 +312,42 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
         raise UserError(f"schedule: sizes must grow and end below size={c.size}, got {list(c.schedule)}")
     if c.schedule_steps is not None and len(c.schedule_steps) != len(c.schedule):
         raise UserError(f"schedule_steps: {len(c.schedule)} schedule sizes but {len(c.schedule_steps)} step counts")
-    stage_steps = tuple(int(s) for s in (c.schedule_steps if c.schedule_steps is not None
-                                         else [c.steps] * len(c.schedule))) + (int(c.steps),)
+    stage_steps = tuple(
+        int(s) for s in (c.schedule_steps if c.schedule_steps is not None else [c.steps] * len(c.schedule))
+    ) + (int(c.steps),)
     if any(s < 0 for s in stage_steps):
         raise UserError(f"steps must be >= 0, got {list(stage_steps)}")
     if c.snapshot_every < 0:
         raise UserError(f"snapshot_every must be >= 0 (0: no snapshots), got {c.snapshot_every}")
     optim = optim_config(c.optim, int(c.steps))
     return transfer.TransferSettings(
-        loss=loss, optim=optim, arch=arch, content=c.content, styles=styles if loss.uses_style else (),
-        style_blend=blend if loss.uses_style else None, style_scale=float(c.style_scale), sizes=sizes,
-        stage_steps=stage_steps, init=c.init, preserve_color=c.preserve_color.value, seed=int(c.seed))
+        loss=loss,
+        optim=optim,
+        arch=arch,
+        content=c.content,
+        styles=styles if loss.uses_style else (),
+        style_blend=blend if loss.uses_style else None,
+        style_scale=float(c.style_scale),
+        sizes=sizes,
+        stage_steps=stage_steps,
+        init=c.init,
+        preserve_color=c.preserve_color.value,
+        seed=int(c.seed),
+    )
 
 
 def optim_config(o: OptimSchema, steps: int) -> optimize.OptimConfig:
     """The library's optimiser settings from the ``optim`` group and a step count."""
     try:
-        return optimize.OptimConfig(name=o.name.value, steps=steps, lr=o.lr, memory=o.memory,
-                                    linesearch=o.linesearch.value, max_linesearch_steps=o.max_linesearch_steps,
-                                    project=o.project)
+        return optimize.OptimConfig(
+            name=o.name.value,
+            steps=steps,
+            lr=o.lr,
+            memory=o.memory,
+            linesearch=o.linesearch.value,
+            max_linesearch_steps=o.max_linesearch_steps,
+            project=o.project,
+        )
     except ValueError as e:
         raise UserError(f"optim: {e}") from None
 
@@ -352,14 +374,28 @@ def train_settings(cfg: DictConfig | TrainSchema, typed: dict | None = None) -> 
                 except ValueError as e:
                     raise UserError(f"loss.{key}: {e}") from None
         layers[key] = tuple(names) if names is not None else None
-    weights = {k: check_weight(f"loss.{k}", getattr(lc, k), typed)
-               for k in ("content_weight", "style_weight", "tv_weight")}
+    weights = {
+        k: check_weight(f"loss.{k}", getattr(lc, k), typed) for k in ("content_weight", "style_weight", "tv_weight")
+    }
     loss = train.TrainLoss(network=lc.network, **layers, **weights, style_size=lc.style_size, pooling=lc.pooling.value)
-    optim = train.LRSchedule(lr=c.optim.lr, schedule=c.optim.schedule, warmup_steps=c.optim.warmup_steps,
-                             final_fraction=c.optim.final_fraction)
+    optim = train.LRSchedule(
+        lr=c.optim.lr,
+        schedule=c.optim.schedule,
+        warmup_steps=c.optim.warmup_steps,
+        final_fraction=c.optim.final_fraction,
+    )
     if len(c.crop_scale) != 2:
         raise UserError(f"crop_scale: expected [low, high], got {list(c.crop_scale)}")
-    plain = {f.name: getattr(c, f.name) for f in dataclasses.fields(TrainSchema)
-             if f.name not in ("net", "loss", "optim", "crop_scale", "validation")}
-    return train.TrainConfig(**plain, net=net, loss=loss, optim=optim, crop_scale=tuple(float(v) for v in c.crop_scale),
-                             validation=tuple(c.validation))
+    plain = {
+        f.name: getattr(c, f.name)
+        for f in dataclasses.fields(TrainSchema)
+        if f.name not in ("net", "loss", "optim", "crop_scale", "validation")
+    }
+    return train.TrainConfig(
+        **plain,
+        net=net,
+        loss=loss,
+        optim=optim,
+        crop_scale=tuple(float(v) for v in c.crop_scale),
+        validation=tuple(c.validation),
+    )

@@ -37,8 +37,10 @@ RESULT_FILES = ("result.png", "metrics.json")
 def check_run_dir(out_dir: Path, overwrite: bool) -> None:
     held = [f for f in RESULT_FILES if (out_dir / f).exists()]
     if held and not overwrite:
-        raise UserError(f"{out_dir} already holds a result ({', '.join(held)}); choose another hydra.run.dir "
-                        f"or pass overwrite=true to replace it")
+        raise UserError(
+            f"{out_dir} already holds a result ({', '.join(held)}); choose another hydra.run.dir "
+            f"or pass overwrite=true to replace it"
+        )
 
 
 class Progress:
@@ -82,8 +84,9 @@ def input_info(spec: str | None) -> dict | None:
     return {"spec": spec, "path": str(path.resolve()), "sha256": _io.sha256_file(path)}
 
 
-def run_metrics(s: transfer.TransferSettings, r: transfer.TransferResult, params, *, wall_s: float,
-                extra: dict | None = None) -> dict:
+def run_metrics(
+    s: transfer.TransferSettings, r: transfer.TransferResult, params, *, wall_s: float, extra: dict | None = None
+) -> dict:
     """What ``metrics.json`` records of a stylisation (also of each member of a batched sweep)."""
     return {
         "result": "result.png",
@@ -112,8 +115,16 @@ def run_metrics(s: transfer.TransferSettings, r: transfer.TransferResult, params
     }
 
 
-def run(s: transfer.TransferSettings, out_dir: Path, *, overwrite: bool = False, quiet: bool = True,
-        snapshot_every: int = 0, max_memory_bytes: int | None = None, extra_metrics: dict | None = None) -> dict:
+def run(
+    s: transfer.TransferSettings,
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    quiet: bool = True,
+    snapshot_every: int = 0,
+    max_memory_bytes: int | None = None,
+    extra_metrics: dict | None = None,
+) -> dict:
     """Stylise with settings ``s`` into ``out_dir``; returns the metrics written to metrics.json.
 
     Everything about the inputs is checked before the network is loaded.
@@ -125,8 +136,14 @@ def run(s: transfer.TransferSettings, out_dir: Path, *, overwrite: bool = False,
     inputs = transfer.load_inputs(s)
     transfer.check_sizes(s, inputs, max_memory_bytes if max_memory_bytes is not None else memory.available_bytes())
     params = weights.load(s.arch)
-    progress = Progress(sum(s.stage_steps), quiet, snapshot_every, out_dir / "snapshots",
-                        lambda x: transfer.finish(s, inputs, x), s.loss.tv_weight > 0)
+    progress = Progress(
+        sum(s.stage_steps),
+        quiet,
+        snapshot_every,
+        out_dir / "snapshots",
+        lambda x: transfer.finish(s, inputs, x),
+        s.loss.tv_weight > 0,
+    )
     t0 = time.perf_counter()
     try:
         r = transfer.run(s, inputs, params, callback=progress)
@@ -157,8 +174,14 @@ def task(cfg) -> float:
         _xla.persistent_cache()  # a sweep's later jobs (and the next run) reuse the compiled step
         s = schema.stylize_settings(cfg, typed)
         max_mem = int(cfg.max_memory_gb * 2**30) if cfg.max_memory_gb is not None else None
-        metrics = run(s, out_dir, overwrite=cfg.overwrite, quiet=quiet, snapshot_every=cfg.snapshot_every,
-                      max_memory_bytes=max_mem)
+        metrics = run(
+            s,
+            out_dir,
+            overwrite=cfg.overwrite,
+            quiet=quiet,
+            snapshot_every=cfg.snapshot_every,
+            max_memory_bytes=max_mem,
+        )
     except UserError as e:
         if multirun:
             # an exception (not sys.exit) lets Hydra mark this job failed and run the others;
@@ -171,15 +194,23 @@ def task(cfg) -> float:
         sys.exit(EXIT_INTERRUPTED)
     reason = metrics["stopped_reason"]
     if reason == "nonfinite":
-        print(f"{PROG}: warning: the loss became NaN/inf after {metrics['iterations']} iterations; the run stopped "
-              f"and {out_dir / 'result.png'} is the last image with a finite loss", file=sys.stderr)
+        print(
+            f"{PROG}: warning: the loss became NaN/inf after {metrics['iterations']} iterations; the run stopped "
+            f"and {out_dir / 'result.png'} is the last image with a finite loss",
+            file=sys.stderr,
+        )
     elif reason == "interrupted":
-        print(f"{PROG}: interrupted after {metrics['iterations']} iterations; partial result in {out_dir}",
-              file=sys.stderr)
+        print(
+            f"{PROG}: interrupted after {metrics['iterations']} iterations; partial result in {out_dir}",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INTERRUPTED)
     if not quiet:
-        print(f"{out_dir / 'result.png'}  loss {metrics['final_loss']:.4g}  {metrics['iterations']} it  "
-              f"{metrics['evals_per_iter']:.2f} evals/it  {metrics['wall_s']:.1f} s", file=sys.stderr)
+        print(
+            f"{out_dir / 'result.png'}  loss {metrics['final_loss']:.4g}  {metrics['iterations']} it  "
+            f"{metrics['evals_per_iter']:.2f} evals/it  {metrics['wall_s']:.1f} s",
+            file=sys.stderr,
+        )
     loss = metrics["final_loss"]
     return float(loss) if isinstance(loss, (int, float)) else math.nan
 

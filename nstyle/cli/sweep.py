@@ -64,8 +64,9 @@ def split_sweep(argv: Sequence[str], sweeper_params: dict) -> tuple[list[str], l
     sweeps: dict[str, list[str]] = {}
     for k, v in sweeper_params.items():
         (o,) = parser.parse_overrides([f"{k}={v}"])
-        sweeps[o.get_key_element()] = [f"{o.get_key_element()}={x}" for x in o.sweep_string_iterator()] \
-            if o.is_sweep_override() else [f"{k}={v}"]
+        sweeps[o.get_key_element()] = (
+            [f"{o.get_key_element()}={x}" for x in o.sweep_string_iterator()] if o.is_sweep_override() else [f"{k}={v}"]
+        )
     for o in parser.parse_overrides(list(argv)):
         key = o.get_key_element()
         if o.is_sweep_override():
@@ -114,8 +115,13 @@ def _write_job_files(job_dir: Path, cfg, task_overrides: list[str], num: int) ->
     hydra_dir = job_dir / ".hydra"
     _io.write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(task_config(cfg)))
     _io.write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(task_overrides)))
-    job = {"hydra": {"job": {"name": PROG, "override_dirname": str(cfg.hydra.job.override_dirname), "num": num,
-                             "id": str(num)}, "mode": "MULTIRUN", "batched": True}}
+    job = {
+        "hydra": {
+            "job": {"name": PROG, "override_dirname": str(cfg.hydra.job.override_dirname), "num": num, "id": str(num)},
+            "mode": "MULTIRUN",
+            "batched": True,
+        }
+    }
     _io.write_text(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create(job)))
 
 
@@ -130,39 +136,64 @@ def run_group(cfgs: list, job_dirs: list[Path]) -> dict:
     settings = [schema.stylize_settings(c) for c in cfgs]
     s0 = settings[0]
     for s in settings[1:]:
-        same = dataclasses.replace(s, loss=dataclasses.replace(s.loss, alpha=s0.loss.alpha, beta=s0.loss.beta,
-                                                                tv_weight=s0.loss.tv_weight))
+        same = dataclasses.replace(
+            s, loss=dataclasses.replace(s.loss, alpha=s0.loss.alpha, beta=s0.loss.beta, tv_weight=s0.loss.tv_weight)
+        )
         if same != s0:
             raise UserError("members of a batch must differ only in loss.alpha / loss.beta / loss.tv_weight")
     if len(s0.sizes) > 1:
         raise UserError("batched sweeps support single-stage runs only (no schedule); run it with nstyle-stylize -m")
     ws = {k: np.asarray([getattr(s.loss, k) for s in settings], np.float32) for k in ("alpha", "beta", "tv_weight")}
     # which terms exist is static: compute a term if any member uses it; zeros switch it off per member
-    loss = dataclasses.replace(s0.loss, alpha=float(ws["alpha"].max()), beta=float(ws["beta"].max()),
-                               tv_weight=float(ws["tv_weight"].max()))
+    loss = dataclasses.replace(
+        s0.loss, alpha=float(ws["alpha"].max()), beta=float(ws["beta"].max()), tv_weight=float(ws["tv_weight"].max())
+    )
     inputs = transfer.load_inputs(s0)
     transfer.check_sizes(dataclasses.replace(s0, loss=loss), inputs, memory.available_bytes(), batch=len(cfgs))
     content, styles, init_file, shape = transfer.stage_images(s0, inputs, s0.sizes[-1])
     params = weights.load(s0.arch)
     # the start each member would have alone (nstyle-stylize: stage 0 key), shared by all
     key = jax.random.fold_in(jax.random.key(s0.seed), 0)
-    x0 = optimize.initial_images(init_file if init_file is not None else s0.init, shape, 1, key,
-                                 content=content, styles=styles)  # (1, H, W, 3)
+    x0 = optimize.initial_images(
+        init_file if init_file is not None else s0.init, shape, 1, key, content=content, styles=styles
+    )  # (1, H, W, 3)
     init = np.broadcast_to(np.asarray(x0), (len(cfgs),) + tuple(x0.shape[1:]))
     optim = dataclasses.replace(s0.optim, steps=s0.stage_steps[-1])
     t0 = time.perf_counter()
-    r = optimize.stylize_batch(params, loss, content=content, styles=styles, style_blend=s0.style_blend,
-                               weights=ws, batch=len(cfgs), shape=shape, init=init, key=key, optim=optim)
+    r = optimize.stylize_batch(
+        params,
+        loss,
+        content=content,
+        styles=styles,
+        style_blend=s0.style_blend,
+        weights=ws,
+        batch=len(cfgs),
+        shape=shape,
+        init=init,
+        key=key,
+        optim=optim,
+    )
     wall = time.perf_counter() - t0
     for i, (s, d) in enumerate(zip(settings, job_dirs)):
         final = {k: float(v[i]) for k, v in r.final.items()}
-        stage = {"size": s.sizes[-1], "shape": list(shape), "iterations": r.iterations, "evals": int(r.evals[i]),
-                 "restarts": int(r.restarts[i]), "lbfgs_memory_resets": int(r.resets[i]), "compile_s": r.compile_s,
-                 "wall_s": r.wall_s, "stopped_reason": "nonfinite" if r.diverged[i] else r.stopped_reason,
-                 "final": final}
-        member = transfer.TransferResult(image=transfer.finish(s, inputs, r.images[i]), stages=[stage],
-                                         history={k: v[:, i].tolist() for k, v in r.history.items()},
-                                         stopped_reason=stage["stopped_reason"])
+        stage = {
+            "size": s.sizes[-1],
+            "shape": list(shape),
+            "iterations": r.iterations,
+            "evals": int(r.evals[i]),
+            "restarts": int(r.restarts[i]),
+            "lbfgs_memory_resets": int(r.resets[i]),
+            "compile_s": r.compile_s,
+            "wall_s": r.wall_s,
+            "stopped_reason": "nonfinite" if r.diverged[i] else r.stopped_reason,
+            "final": final,
+        }
+        member = transfer.TransferResult(
+            image=transfer.finish(s, inputs, r.images[i]),
+            stages=[stage],
+            history={k: v[:, i].tolist() for k, v in r.history.items()},
+            stopped_reason=stage["stopped_reason"],
+        )
         metrics = stylize.run_metrics(s, member, params, wall_s=wall, extra={"batch": len(cfgs), "batch_index": i})
         images.save_image(d / "result.png", member.image)
         _io.write_json(d / "metrics.json", metrics)
@@ -220,8 +251,11 @@ def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) 
             continue
         if not quiet:
             names = ", ".join(" ".join(m.overrides) for m in todo)
-            print(f"{PROG}: batch of {out['batch']} done in {time.perf_counter() - t0:.1f} s "
-                  f"(compile {out['compile_s']:.1f} s): {names}", file=sys.stderr)
+            print(
+                f"{PROG}: batch of {out['batch']} done in {time.perf_counter() - t0:.1f} s "
+                f"(compile {out['compile_s']:.1f} s): {names}",
+                file=sys.stderr,
+            )
     return sweep_dir, failed
 
 

@@ -27,9 +27,12 @@ def plot_losses(workdir: Path) -> None:
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    curves = {k: (steps, [r[k] for r in rows]) for k in ("loss", "content", "style", "tv") if max(r[k] for r in rows) > 0}
-    fig = figures.loss_curves(curves, title=f"FastNet training: {workdir.name}", xlabel="step",
-                              ylabel="weighted loss (mean per image)")
+    curves = {
+        k: (steps, [r[k] for r in rows]) for k in ("loss", "content", "style", "tv") if max(r[k] for r in rows) > 0
+    }
+    fig = figures.loss_curves(
+        curves, title=f"FastNet training: {workdir.name}", xlabel="step", ylabel="weighted loss (mean per image)"
+    )
     figures.save_figure(fig, workdir / "loss.png")
 
 

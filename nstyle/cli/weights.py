@@ -1,9 +1,9 @@
 """``nstyle-weights``: fetch, verify, inspect and convert nstyle's pretrained weights.
 
-    nstyle-weights fetch            # all of: vgg19 vgg16 lpips-vgg16 lpips-alexnet
-    nstyle-weights verify           # every cache entry against its pinned checksum
-    nstyle-weights info             # where the cache is and what it holds
-    nstyle-weights convert torchvision-vgg19 vgg19-dcbb9e9d.pth vgg19_tv.npz
+nstyle-weights fetch            # all of: vgg19 vgg16 lpips-vgg16 lpips-alexnet
+nstyle-weights verify           # every cache entry against its pinned checksum
+nstyle-weights info             # where the cache is and what it holds
+nstyle-weights convert torchvision-vgg19 vgg19-dcbb9e9d.pth vgg19_tv.npz
 """
 
 from __future__ import annotations
