@@ -30,10 +30,14 @@ from nstyle import vgg
 
 
 def gram(features: jax.Array) -> jax.Array:
-    """Unnormalised Gram matrix G = F Fᵀ of (B, h, w, N) features -> (B, N, N)."""
+    """Unnormalised Gram matrix G = F Fᵀ of (B, h, w, N) features -> (B, N, N), float32.
+
+    One product of the features with themselves, read in place (no transposed copy); bfloat16
+    features are accumulated in float32.
+    """
     b, h, w, n = features.shape
     f = features.reshape(b, h * w, n)  # (B, M, N)
-    return jnp.einsum("bmi,bmj->bij", f, f, precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("bmi,bmj->bij", f, f, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
 
 def mean_gram(features: jax.Array) -> jax.Array:
@@ -86,7 +90,14 @@ def _style_layer_loss_bwd(res, g):
     # E = Σ D²/(4N²) with D = FᵀF/M − Â: dE/dF = F (D + Dᵀ)/(2 N² M), dE/dÂ = −D/(2N²)
     scale = g / (n * n)  # (B,)
     d_sym = (d + jnp.swapaxes(d, 1, 2)) * (0.5 * scale / m)[:, None, None]
-    df = jnp.einsum("bmi,bij->bmj", f, d_sym, precision=jax.lax.Precision.HIGHEST)
+    # in the features' own dtype (bfloat16 in the remat_bf16 mode), accumulated in float32
+    df = jnp.einsum(
+        "bmi,bij->bmj",
+        f,
+        d_sym.astype(f.dtype),
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
     dt = -d * (0.5 * scale)[:, None, None]
     if target_shape[0] != b:  # a (1, N, N) target broadcast over the batch
         dt = jnp.sum(dt, axis=0, keepdims=True)
@@ -161,10 +172,13 @@ class Targets(NamedTuple):
     style: dict  # {layer: (B|1, N, N)} mean Gram matrices Â of the (blended) style images
 
 
-def content_targets(params: vgg.VGGParams, content: jax.Array, loss: PerceptualLoss) -> dict:
-    """{layer: P} for the content image(s) (B, H, W, 3)."""
+def content_targets(params: vgg.VGGParams, content: jax.Array, loss: PerceptualLoss, tile: int | None = None) -> dict:
+    """{layer: P} for the content image(s) (B, H, W, 3); ``tile``: computed tile by tile
+    (:func:`nstyle.vgg.features_tiled`, the same values in one tile's memory)."""
     if not loss.uses_content:
         return {}
+    if tile is not None:
+        return vgg.features_tiled(params, content, loss.content_layers, loss.pooling, tile)
     return vgg.features(params, content, loss.content_layers, loss.pooling)
 
 
@@ -189,23 +203,92 @@ def style_targets(
     styles: Sequence[jax.Array],
     loss: PerceptualLoss,
     blend: jax.Array | np.ndarray | None = None,
+    tile: int | None = None,
 ) -> dict:
     """{layer: Σ_k blend_k Â_k (1, N, N)}: the blended mean Gram matrices of the style image(s).
 
     ``styles`` are (1, H_k, W_k, 3), each at its own size (style scale); ``blend`` holds one
     weight per image (default equal), normalised by :func:`blend_weights`; inside a trace it
     is used as given, already normalised. Blending mean Gram matrices gives the same gradient
-    as the blend of the per-image losses. Jittable (one VGG pass per image).
+    as the blend of the per-image losses. Jittable (one VGG pass per image). ``tile``: each
+    Gram matrix summed over tiles (:func:`nstyle.vgg.map_tiles`), in one tile's memory.
     """
     if not loss.uses_style:
         return {}
     w = blend if isinstance(blend, jax.core.Tracer) else blend_weights(blend, len(styles))
     out: dict = {}
     for k, image in enumerate(styles):
-        feats = vgg.features(params, image, loss.style_layers, loss.pooling)
+        if tile is None:
+            grams = {
+                layer: mean_gram(f) for layer, f in vgg.features(params, image, loss.style_layers, loss.pooling).items()
+            }
+        else:
+            grams = _tiled_mean_grams(params, image, loss.style_layers, loss.pooling, tile)
         for layer in loss.style_layers:
-            g = w[k] * mean_gram(feats[layer])  # (1, N, N)
+            g = w[k] * grams[layer]  # (1, N, N)
             out[layer] = g if layer not in out else out[layer] + g
+    return out
+
+
+def _tiled_mean_grams(params, image, layers, pooling, tile) -> dict:
+    parts = vgg.map_tiles(params, image, layers, lambda name, f, where: gram(f), pooling, tile)
+    shapes = jax.eval_shape(lambda x: vgg.features(params, x, layers, pooling), image)
+    return {name: sum(p[name] for p in parts) / (shapes[name].shape[1] * shapes[name].shape[2]) for name in layers}
+
+
+@jax.custom_vjp
+def _gram_sum(features: jax.Array) -> jax.Array:
+    """:func:`gram` of part of a response, differentiated as one product F (g + gᵀ) (autodiff: two)."""
+    return gram(features)
+
+
+def _gram_sum_fwd(features):
+    return gram(features), features
+
+
+def _gram_sum_bwd(f, g):
+    b, h, w, n = f.shape
+    g_sym = (g + jnp.swapaxes(g, 1, 2)).astype(f.dtype)  # (B, N, N)
+    df = jnp.einsum(
+        "bmi,bij->bmj",
+        f.reshape(b, h * w, n),
+        g_sym,
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+    )
+    return (df.reshape(f.shape).astype(f.dtype),)
+
+
+_gram_sum.defvjp(_gram_sum_fwd, _gram_sum_bwd)
+
+
+def _tiled_terms(params, images, targets, content_layers, style_layers, pooling, tile) -> dict:
+    """``{layer: {"content"|"style": (B,)}}`` as the plain pass gives them, summed tile by tile
+    (:func:`nstyle.vgg.map_tiles` with recomputation): the content term is a sum over positions,
+    and the style term a function of the Gram matrix, which is one."""
+
+    def part(layer, f, where):  # f: the tile's own (B, h, w, N) of the response at layer
+        out = {}
+        if layer in content_layers:
+            p = targets.content[layer][:, where[0], where[1], :]
+            out["content"] = content_loss(f, p)
+        if layer in style_layers:
+            out["gram"] = _gram_sum(f)  # (B, N, N)
+        return out
+
+    layers = tuple(dict.fromkeys(content_layers + style_layers))
+    parts = vgg.map_tiles(params, images, layers, part, pooling, tile, recompute=True)
+    sums = jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *parts)
+    shapes = jax.eval_shape(lambda x: vgg.features(params, x, layers, pooling), images)
+    out = {}
+    for layer in layers:
+        out[layer] = {}
+        if layer in content_layers:
+            out[layer]["content"] = sums[layer]["content"]
+        if layer in style_layers:
+            _, h, w, n = shapes[layer].shape
+            d = sums[layer]["gram"] / (h * w) - targets.style[layer]  # (B, N, N) = (G − A) / M
+            out[layer]["style"] = jnp.sum(d * d, axis=(1, 2)) / (4.0 * n * n)
     return out
 
 
@@ -215,30 +298,50 @@ def perceptual_loss(
     targets: Targets,
     loss: PerceptualLoss,
     weights: Mapping[str, jax.Array] | None = None,
+    memory: str = "plain",
+    tile: int | None = None,
 ) -> tuple[jax.Array, dict]:
     """α L_content + β L_style + γ TV of ``images`` (B, H, W, 3) against ``targets``.
 
     ``weights`` may override ``alpha``/``beta``/``tv_weight`` with arrays of shape (B,)
-    (a batch of loss weights, for batched sweeps). Returns ``(total (B,), aux)`` where
-    ``aux`` holds the unweighted per-layer terms (``content/conv4_2``, ``style/conv1_1``,
-    ``tv``) and the weighted sums ``content``, ``style``, each (B,).
+    (a batch of loss weights, for batched sweeps). ``memory`` is how the VGG pass keeps its
+    activations for a backward pass (:data:`nstyle.vgg.MEMORY_MODES`): ``"remat"`` gives the same
+    values as ``"plain"`` in less memory, ``"tiled"`` the same values (to float32 summation order)
+    in the memory of one tile of side ``tile`` px (default :data:`nstyle.vgg.DEFAULT_TILE`),
+    ``"remat_bf16"`` close values. Returns
+    ``(total (B,), aux)`` where ``aux`` holds the unweighted per-layer terms
+    (``content/conv4_2``, ``style/conv1_1``, ``tv``) and the weighted sums ``content``,
+    ``style``, each (B,).
     """
     w = {"alpha": loss.alpha, "beta": loss.beta, "tv_weight": loss.tv_weight, **(weights or {})}
-    feats = vgg.features(params, images, loss.layers, loss.pooling)
+    content_layers = loss.content_layers if loss.uses_content else ()
+    style_layers = loss.style_layers if loss.uses_style else ()
+
+    def terms(layer: str, f: jax.Array) -> dict:
+        """The loss terms read at one layer, computed where the network computes ``f``."""
+        out = {}
+        if layer in content_layers:
+            out["content"] = content_loss(f, targets.content[layer])
+        if layer in style_layers:
+            out["style"] = style_layer_loss(f, targets.style[layer])
+        return out
+
+    if memory == "tiled":
+        at = _tiled_terms(params, images, targets, content_layers, style_layers, loss.pooling, tile or vgg.DEFAULT_TILE)
+    else:
+        at = vgg.map_features(params, images, loss.layers, terms, loss.pooling, memory)
     batch = images.shape[0]
     aux: dict = {}
     content = jnp.zeros((batch,), images.dtype)
-    if loss.uses_content:
-        for layer, c in zip(loss.content_layers, loss.content_weights):
-            term = content_loss(feats[layer], targets.content[layer])
-            aux[f"content/{layer}"] = term
-            content = content + c * term
+    for layer, c in zip(content_layers, loss.content_weights):
+        term = at[layer]["content"]
+        aux[f"content/{layer}"] = term
+        content = content + c * term
     style = jnp.zeros((batch,), images.dtype)
-    if loss.uses_style:
-        for layer, sw in zip(loss.style_layers, loss.style_weights):
-            term = style_layer_loss(feats[layer], targets.style[layer])
-            aux[f"style/{layer}"] = term
-            style = style + sw * term
+    for layer, sw in zip(style_layers, loss.style_weights):
+        term = at[layer]["style"]
+        aux[f"style/{layer}"] = term
+        style = style + sw * term
     tv = (
         tv_loss(images)
         if loss.tv_weight > 0 or (weights and "tv_weight" in weights)
