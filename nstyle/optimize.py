@@ -113,7 +113,7 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformationExtraArgs:
     return optax.lbfgs(learning_rate=optim.learning_rate, memory_size=optim.memory, linesearch=linesearch)
 
 
-def lbfgs_update(opt: optax.GradientTransformation, grad: jax.Array, opt_state, x: jax.Array):
+def lbfgs_update(opt: optax.GradientTransformation, grad: jax.Array, opt_state, x: jax.Array, lr: float):
     """``opt.update`` of optax's L-BFGS (no line search), made safe for a non-convex loss.
 
     optax keeps every curvature pair (s, y), also one with sᵀy <= 0, which a non-convex loss
@@ -121,20 +121,50 @@ def lbfgs_update(opt: optax.GradientTransformation, grad: jax.Array, opt_state, 
     indefinite and the direction can point uphill. Without a line search L-BFGS then may climb
     to a saddle and stay there (docs/experiments.md, the α/β grid). Here a direction that is
     not a descent direction (gᵀd >= 0) drops the memory and takes the
-    scaled gradient step of a fresh start instead. Returns ``(updates, state, reset)``.
+    scaled gradient step of a fresh start instead. ``lr`` is ``opt``'s learning rate. Returns
+    ``(updates, state, reset)``.
     """
     updates, state = opt.update(grad, opt_state, x)
-    fresh_updates, fresh_state = opt.update(grad, opt.init(x), x)
+    fresh_updates, fresh_state = _fresh_lbfgs_update(opt, grad, x, lr, state)
     reset = jnp.vdot(updates, grad) >= 0  # uphill, or no move at all
     updates = jax.tree.map(lambda f, u: jnp.where(reset, f, u), fresh_updates, updates)
     state = jax.tree.map(lambda f, s: jnp.where(reset, f, s), fresh_state, state)
     return updates, state, reset
 
 
+def _fresh_lbfgs_update(opt: optax.GradientTransformation, grad: jax.Array, x: jax.Array, lr: float, state):
+    """What ``opt.update(grad, opt.init(x), x)`` gives for optax's L-BFGS (learning rate ``lr``,
+    no line search), computed without building an empty memory.
+
+    From an empty memory optax's step is −lr · min(1, 1/‖g‖) · g, and its new state holds the
+    iterate and the gradient. Here the new state is ``state`` (the one ``opt.update`` just
+    returned) with every curvature pair's weight set to zero: a pair of weight zero does not
+    enter the two-loop recursion, so the next steps equal those from a fresh memory
+    (``tests/test_optimize.py`` checks it against optax), and the m stored pairs (m images) are
+    neither copied nor selected. Through ``opt.update(…, opt.init(x), …)`` XLA folds the
+    scatter into the empty memory into a constant of that size in the compiled step.
+    """
+    weights = optax.tree_utils.tree_get(state, "weights_memory")
+    fresh = optax.tree_utils.tree_set(
+        state, count=jnp.asarray(1, jnp.int32), params=x, updates=grad, weights_memory=jnp.zeros_like(weights)
+    )
+    return -lr * jnp.minimum(1.0, 1.0 / optax.tree.norm(grad)) * grad, fresh
+
+
+def _forget(opt_state, batch: int):
+    """A batch of L-BFGS states whose next update starts afresh (count 0, every pair weightless),
+    keeping the arrays of the stored pairs (see :func:`_fresh_lbfgs_update`)."""
+    weights = optax.tree_utils.tree_get(opt_state, "weights_memory")
+    return optax.tree_utils.tree_set(
+        opt_state, count=jnp.zeros((batch,), jnp.int32), weights_memory=jnp.zeros_like(weights)
+    )
+
+
 # A loss this many times the best one seen so far means the step blew up (L-BFGS without a
 # line search can overshoot by orders of magnitude): go back to the best image, drop the
 # optimiser's memory and halve the step scale. Ordinary non-monotone steps stay far below it.
 RESTART_FACTOR = 10.0
+_LBFGS_PAIRS = ("diff_params_memory", "diff_updates_memory")  # optax's stored curvature pairs, (m, H, W, 3) each
 
 
 class StepState(NamedTuple):
@@ -175,11 +205,13 @@ def _broadcast_targets(targets: losses.Targets, batch: int) -> losses.Targets:
     return jax.tree.map(lambda t: t if t.shape[0] == batch else jnp.broadcast_to(t, (batch,) + t.shape[1:]), targets)
 
 
-def make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
+def make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str = "plain", tile: int | None = None):
     """Build the jitted ``init`` and ``step`` of the optimisation; ``loss``/``optim`` are static.
 
-    Cached on ``(loss, optim)`` (``optim.steps`` aside), so later runs in the same process with
-    images of the same shapes reuse the compiled step.
+    ``memory``/``tile``: how the VGG passes keep their activations (:data:`nstyle.vgg.MEMORY_MODES`,
+    :func:`nstyle.losses.perceptual_loss`). Cached on ``(loss, optim, memory, tile)``
+    (``optim.steps`` aside), so later runs in the same process with images of the same shapes
+    reuse the compiled step.
 
     Returns ``(init, step)``:
 
@@ -192,20 +224,24 @@ def make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
 
     The whole iteration — VGG forward and backward, the optimiser update, the NaN guard — is
     one XLA computation; params and targets are arguments (not baked-in constants), so new
-    images of the same shape reuse the compiled step.
+    images of the same shape reuse the compiled step. ``state`` is donated: the step writes the
+    new state over the old one (the L-BFGS memory is m images), so the ``state`` passed in is
+    deleted after the call; use the one returned.
     """
-    return _make_step(loss, dataclasses.replace(optim, steps=0))
+    if memory not in vgg.MEMORY_MODES:
+        raise ValueError(f"unknown memory mode '{memory}' (expected one of {', '.join(vgg.MEMORY_MODES)})")
+    return _make_step(loss, dataclasses.replace(optim, steps=0), memory, tile)
 
 
 @functools.lru_cache(maxsize=32)
-def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
+def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str, tile: int | None):
     opt = make_optimizer(optim)
 
     def image_loss(x, params, targets, weights):
         """Loss of ONE image: (H, W, 3) -> ((), aux of ()); targets/weights without the batch axis."""
         t = jax.tree.map(lambda a: a[None], targets)  # (1, ...) as perceptual_loss expects
         w = {k: v[None] for k, v in weights.items()}  # (1,)
-        total, aux = losses.perceptual_loss(params, x[None], t, loss, weights=w)
+        total, aux = losses.perceptual_loss(params, x[None], t, loss, weights=w, memory=memory, tile=tile)
         return total[0], {k: v[0] for k, v in aux.items()}
 
     def one_image(x, opt_state, scale, targets, weights, params):
@@ -223,7 +259,7 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
         else:
             (value, aux), grad = jax.value_and_grad(image_loss, has_aux=True)(x, params, targets, weights)
             if optim.name == "lbfgs":
-                updates, opt_state, reset = lbfgs_update(opt, grad, opt_state, x)
+                updates, opt_state, reset = lbfgs_update(opt, grad, opt_state, x, optim.learning_rate)
             else:
                 updates, opt_state = opt.update(grad, opt_state, x)
             evals = jnp.asarray(1, jnp.int32)
@@ -236,16 +272,16 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
     def init(images: jax.Array) -> StepState:
         b = images.shape[0]
         return StepState(
-            image=images,
+            image=jnp.copy(images),  # buffers of its own: the state is donated to the step, the images are the caller's
             opt_state=jax.vmap(opt.init)(images),
-            good=images,
+            good=jnp.copy(images),
             best=jnp.full((b,), jnp.inf, jnp.float32),
             scale=jnp.ones((b,), jnp.float32),
             alive=jnp.ones((b,), bool),
             step=jnp.asarray(0, jnp.int32),
         )
 
-    @_xla.jit
+    @_xla.jit(donate_argnums=0)
     def step(
         state: StepState, params: vgg.VGGParams, targets: losses.Targets, weights: Mapping[str, jax.Array]
     ) -> tuple[StepState, dict]:
@@ -261,12 +297,26 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
             return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
 
         good = pick(improved, state.image, state.good)
-        fresh = jax.vmap(opt.init)(good)  # no memory: the restart's first step is a scaled gradient step
+        b = good.shape[0]
+        if optim.name == "lbfgs" and not optim.uses_zoom:  # (the zoom search's state holds the last value too)
+            # a state that forgets: the restart's first step is a scaled gradient step. The stored
+            # pairs are new_opt's in every case (weightless where not accepted), never selected
+            # or copied: a frozen image's state is never used again
+            fresh = _forget(new_opt, b)
+            opt_state = jax.tree.map(
+                lambda n, f, o: pick(accept, n, pick(blowup, f, o)), new_opt, fresh, state.opt_state
+            )
+            opt_state = optax.tree_utils.tree_set(
+                opt_state, **{k: optax.tree_utils.tree_get(new_opt, k) for k in _LBFGS_PAIRS}
+            )
+        else:
+            fresh = jax.vmap(opt.init)(good)
+            opt_state = jax.tree.map(
+                lambda n, f, o: pick(accept, n, pick(blowup, f, o)), new_opt, fresh, state.opt_state
+            )
         new_state = StepState(
             image=pick(accept, new_x, good),  # restarted or frozen images go back to the best one
-            opt_state=jax.tree.map(
-                lambda n, f, o: pick(accept, n, pick(blowup, f, o)), new_opt, fresh, state.opt_state
-            ),
+            opt_state=opt_state,
             good=good,
             best=jnp.where(improved, value, state.best),
             scale=jnp.where(blowup, 0.5 * state.scale, state.scale),
@@ -287,12 +337,12 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
 
 
 @functools.lru_cache(maxsize=32)
-def make_evaluate(loss: losses.PerceptualLoss):
+def make_evaluate(loss: losses.PerceptualLoss, memory: str = "plain", tile: int | None = None):
     """Jitted ``evaluate(images (B, H, W, 3), params, targets, weights) -> (total (B,), aux)``."""
 
     @_xla.jit
     def evaluate(images, params, targets, weights):
-        return losses.perceptual_loss(params, images, targets, loss, weights=weights)
+        return losses.perceptual_loss(params, images, targets, loss, weights=weights, memory=memory, tile=tile)
 
     return evaluate
 
@@ -314,11 +364,13 @@ def prepare_targets(
     styles: Sequence[Any],
     style_blend: Sequence[float] | None,
     batch: int,
+    tile: int | None = None,
 ) -> losses.Targets:
     """Content responses and blended style Gram matrices, each leaf with a leading (B,) axis.
 
     ``content`` is (H, W, 3), (B, H, W, 3) or None (then α must be 0); ``styles`` a list of
-    (h, w, 3) images, each at its own size (empty when β is 0).
+    (h, w, 3) images, each at its own size (empty when β is 0). ``tile``: compute them tile by
+    tile (the same values in one tile's memory; :func:`nstyle.vgg.map_tiles`).
     """
     check_layers(loss, params.arch)
     if loss.uses_content and content is None:
@@ -335,24 +387,24 @@ def prepare_targets(
     if loss.uses_content:
         content = np.asarray(content, np.float32)
         content = content[None] if content.ndim == 3 else content  # (B|1, H, W, 3)
-        c = _content_targets(params, content, loss)
+        c = _content_targets(params, content, loss, tile)
     s = {}
     if loss.uses_style:
         blend = losses.blend_weights(style_blend, len(styles))
-        s = _style_targets(params, tuple(np.asarray(img, np.float32)[None] for img in styles), blend, loss)
+        s = _style_targets(params, tuple(np.asarray(img, np.float32)[None] for img in styles), blend, loss, tile)
     return _broadcast_targets(losses.Targets(content=c, style=s), batch)
 
 
 # The targets are computed once per run, each by one compiled call, down to the blend of
 # several style images: an eager jnp operation outside would compile a program of its own.
-@_xla.jit(static_argnums=2)
-def _content_targets(params, content, loss):
-    return losses.content_targets(params, content, loss)
+@_xla.jit(static_argnums=(2, 3))
+def _content_targets(params, content, loss, tile):
+    return losses.content_targets(params, content, loss, tile)
 
 
-@_xla.jit(static_argnums=3)
-def _style_targets(params, images, blend, loss):
-    return losses.style_targets(params, list(images), loss, blend)
+@_xla.jit(static_argnums=(3, 4))
+def _style_targets(params, images, blend, loss, tile):
+    return losses.style_targets(params, list(images), loss, blend, tile)
 
 
 def initial_images(
@@ -456,6 +508,8 @@ def stylize_batch(
     key: jax.Array | None = None,
     optim: OptimConfig = OptimConfig(),
     callback: Callback | None = None,
+    memory: str = "plain",
+    tile: int | None = None,
 ) -> BatchResult:
     """Optimise B images at once, each independently, with per-image loss weights.
 
@@ -474,26 +528,34 @@ def stylize_batch(
       optim: the optimiser.
       callback: called after every iteration as ``callback(i, state, metrics)`` with numpy
         metrics; returning True stops the run (``stopped_reason="callback"``).
+      memory: how the VGG passes keep their activations: ``"plain"`` (fastest), ``"remat"``,
+        ``"tiled"`` (the same result in less memory) or ``"remat_bf16"``; see
+        :data:`nstyle.vgg.MEMORY_MODES` and :func:`nstyle.memory.choose_mode`.
+      tile: the tiled mode's tile side in px (default :data:`nstyle.vgg.DEFAULT_TILE`); its
+        targets are computed tile by tile too.
 
     A KeyboardInterrupt stops the loop and returns what was reached
     (``stopped_reason="interrupted"``).
     """
     batch, shape = _batch_and_shape(content, weights, batch, shape)
     w = loss_weights(loss, batch, weights)
-    targets = prepare_targets(params, loss, content, styles, style_blend, batch)
+    target_tile = (tile or vgg.DEFAULT_TILE) if memory == "tiled" else None
+    targets = prepare_targets(params, loss, content, styles, style_blend, batch, tile=target_tile)
     params = vgg.with_backward_kernels(params, loss.layers)  # once per run, not in every step's backward pass
     x0 = initial_images(init, shape, batch, key, content=content, styles=styles)
 
-    init_fn, step_fn = make_step(loss, optim)
+    init_fn, step_fn = make_step(loss, optim, memory, tile)
     state = init_fn(x0)
     t0 = time.perf_counter()
     step_fn.lower(state, params, targets, w).compile()  # compile once, timed on its own; jit reuses it
     compile_s = time.perf_counter() - t0
+    _xla.release_host_memory()  # the compiler's freed memory, before the step allocates its own
 
     t0 = time.perf_counter()
     state, loop = _run_loop(step_fn, state, (params, targets, w), optim.steps, callback)
     wall_s = time.perf_counter() - t0
-    images, final, diverged = _best_iterates(state, loop.history, lambda x: make_evaluate(loss)(x, params, targets, w))
+    evaluate = make_evaluate(loss, memory, tile)
+    images, final, diverged = _best_iterates(state, loop.history, lambda x: evaluate(x, params, targets, w))
     reason = loop.reason
     if reason == "steps" and diverged.all() and optim.steps > 0:
         reason = "nonfinite"
@@ -561,6 +623,8 @@ def _run_loop(step_fn, state: StepState, args: tuple, steps: int, callback: Call
                 reason = "callback"
                 break
     except KeyboardInterrupt:
+        if any(leaf.is_deleted() for leaf in jax.tree.leaves(state)):
+            raise  # it came while the step took the state over (it is donated): there is no state to return
         reason = "interrupted"
     jax.block_until_ready(state.image)
     history = {k: np.stack(v) if v else np.zeros((0, batch)) for k, v in hist.items()}
@@ -602,6 +666,8 @@ def stylize(
     key: jax.Array | None = None,
     optim: OptimConfig = OptimConfig(),
     callback: Callback | None = None,
+    memory: str = "plain",
+    tile: int | None = None,
 ) -> Result:
     """Optimise one image; see :func:`stylize_batch` for the arguments.
 
@@ -622,6 +688,8 @@ def stylize(
         key=key,
         optim=optim,
         callback=callback,
+        memory=memory,
+        tile=tile,
     )
     return Result(
         image=r.images[0],

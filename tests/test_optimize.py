@@ -8,6 +8,7 @@ layers on small real images.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from nstyle import losses, optimize
@@ -297,11 +298,54 @@ def test_lbfgs_uphill_direction_drops_the_memory():
     x1 = x + u
     raw, _ = opt.update(grad_of(x1), state, x1)
     assert float(jnp.vdot(raw, grad_of(x1))) > 0  # the raw optax step is uphill: the check has a case
-    u1, _, reset = optimize.lbfgs_update(opt, grad_of(x1), state, x1)
+    u1, _, reset = optimize.lbfgs_update(opt, grad_of(x1), state, x1, 1.0)
     assert bool(reset) and float(jnp.vdot(u1, grad_of(x1))) < 0
     # a downhill direction is left alone
-    u0, _, reset0 = optimize.lbfgs_update(opt, grad_of(x), opt.init(x), x)
+    u0, _, reset0 = optimize.lbfgs_update(opt, grad_of(x), opt.init(x), x, 1.0)
     assert not bool(reset0) and float(jnp.vdot(u0, grad_of(x))) < 0
+
+
+def test_lbfgs_fresh_start_equals_optax_from_an_empty_memory():
+    """A reset keeps the stored pairs but zeroes their weights (no copy of m images); the steps
+    after it must equal optax's from ``opt.init``: the first the scaled gradient, the next ones
+    the quasi-Newton steps of the new pairs only. Also the restart state of the batched step."""
+    opt = optimize.make_optimizer(OptimConfig(memory=3, lr=0.7))
+    a = jnp.asarray(np.diag([1.0, 3.0, 10.0, 0.5]) + 0.1)  # SPD quadratic ½xᵀAx − bᵀx
+    b = jnp.asarray([1.0, -2.0, 0.5, 3.0])
+    grad_of = lambda x: a @ x - b  # noqa: E731
+    x = jnp.asarray([2.0, 1.0, -1.0, 0.5])
+    state = opt.init(x)
+    for _ in range(4):  # fill the memory with pairs that the reset must make inert
+        u, state = opt.update(grad_of(x), state, x)
+        x = x + u
+    u_ours, s_ours = optimize._fresh_lbfgs_update(opt, grad_of(x), x, 0.7, opt.update(grad_of(x), state, x)[1])
+    u_ref, s_ref = opt.update(grad_of(x), opt.init(x), x)
+    np.testing.assert_allclose(np.asarray(u_ours), np.asarray(u_ref), rtol=1e-6)
+    assert float(jnp.abs(optax.tree_utils.tree_get(s_ours, "diff_params_memory")).max()) > 0  # pairs kept...
+    y_ours = y_ref = x + u_ref
+    for _ in range(3):  # ... and inert: the following steps are optax's from the empty memory
+        u_ours, s_ours = opt.update(grad_of(y_ours), s_ours, y_ours)
+        u_ref, s_ref = opt.update(grad_of(y_ref), s_ref, y_ref)
+        np.testing.assert_allclose(np.asarray(u_ours), np.asarray(u_ref), rtol=1e-5, atol=1e-7)
+        y_ours, y_ref = y_ours + u_ours, y_ref + u_ref
+    # the batched restart state (count 0, no weights) steps like a fresh init too
+    batched = jax.tree.map(lambda leaf: leaf[None], state)
+    forgot = jax.tree.map(lambda leaf: leaf[0], optimize._forget(batched, 1))
+    np.testing.assert_allclose(
+        np.asarray(opt.update(grad_of(x), forgot, x)[0]),
+        np.asarray(opt.update(grad_of(x), opt.init(x), x)[0]),
+        rtol=1e-6,
+    )
+
+
+def test_step_donates_its_state_and_leaves_the_callers_images_alone(vgg19, tiny):
+    init, step = optimize.make_step(SHALLOW, OptimConfig())
+    targets = optimize.prepare_targets(vgg19, SHALLOW, tiny["content"], [tiny["style"]], None, batch=1)
+    x0 = jnp.asarray(tiny["content"])[None]
+    state = init(x0)
+    new, _ = step(state, vgg19, targets, optimize.loss_weights(SHALLOW, 1))
+    assert state.image.is_deleted() and state.opt_state[0].diff_params_memory.is_deleted()  # updated in place
+    assert not x0.is_deleted() and not new.image.is_deleted()
 
 
 def test_lbfgs_blow_up_restarts_from_the_best_image_and_recovers(vgg19, tiny):
