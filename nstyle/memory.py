@@ -1,22 +1,53 @@
-"""Memory: what a run will need (estimated before anything is allocated) and what is free.
+"""Memory: what a stylisation will need (estimated before anything is allocated), the memory
+mode that makes it fit, and what is free.
 
-need = nstyle.memory.vgg_activation_bytes(512, 512, loss.layers, "vgg19")
-if need > nstyle.memory.available_bytes(): ...
+    need = nstyle.memory.estimate(2048, 2048, loss.layers, mode="tiled", tile=1024)   # bytes
+    plan = nstyle.memory.choose(nstyle.memory.available_bytes(), 2048, 2048, loss.layers)
+    plan.mode, plan.tile, plan.bytes       # the fastest mode that fits, or None when none does
+
+The estimate is of the whole process's peak resident memory during a run of
+:func:`nstyle.optimize.stylize_batch`, and is fitted to measurements: ``benchmarks/bench_memory.py``
+runs ``nstyle-stylize`` at 512–4096 px in each mode, each in a fresh process, and compares
+the peak RSS the kernel reports with this estimate (within ±15%, benchmarks/MEMORY.md). It is
+a sum of four parts:
+
+- a fixed part: the JAX runtime, the VGG weights and their backward kernels, compiled code;
+- the activations of one VGG forward and backward pass, ``ACTIVATION[mode]`` times the bytes of
+  every stage's output once (:func:`stage_bytes`) — of the whole image, or in the tiled mode of
+  the largest tile's window;
+- the optimiser's image-sized buffers: the iterate, the best iterate, the gradient and the
+  step's temporaries, and L-BFGS's 2 × ``history`` stored pairs;
+- the content targets (the content image's responses at the content layers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 
 from nstyle import images, vgg
 
-# Peak memory of value_and_grad of the loss, in units of "every stage's output once": XLA keeps
-# each rectified output for the backward pass and holds cotangents of the same sizes while it
-# runs back. XLA's own memory analysis of the Gatys loss gradient on CPU gives 1.72–1.79 (128 to
-# 512 px, VGG19, conv1_1…conv5_1 + conv4_2); 3 leaves room for the optimiser state, the target
-# features and GPU convolution workspaces, so a size that passes the check does run.
-BACKWARD_FACTOR = 3.0
+# Peak memory of value_and_grad of the loss, in units of "every stage's output once", as XLA's
+# own memory analysis of the compiled Gatys step gives it on the CPU (VGG19, conv1_1…conv5_1 +
+# conv4_2, 256–2048 px): plain keeps every rectified response for the backward pass and holds
+# cotangents beside them; remat keeps the block boundaries and one block's working set (the
+# first block's dominates); bfloat16 activations do not lower it on XLA:CPU, which computes
+# bfloat16 convolutions in float32; tiled is a plain pass over one tile's window.
+ACTIVATION = {"plain": 1.29, "remat": 1.0, "remat_bf16": 1.0, "tiled": 1.3}
+BACKWARD_FACTOR = ACTIVATION["plain"]
+# A forward pass alone (targets) holds a conv's input, its output and, for conv1_1, the 3×3
+# patches: about the first two stages' outputs.
+FORWARD = 0.5
+# Image-sized float32 buffers besides the L-BFGS pairs: iterate, best iterate, gradient,
+# optimiser state and the step's temporaries (Adam: its two moments in place of the pairs).
+IMAGE_BUFFERS = {"lbfgs": 14, "adam": 16}
+# Runtime, weights (VGG19 up to conv5_1: 80 MB, and 52 MB of backward kernels) and compiled code.
+BASE_BYTES = 520 * 2**20
+# The modes ``choose`` tries, fastest first. remat_bf16 is left out: it changes the result
+# (slightly), and on XLA:CPU it saves nothing over remat.
+AUTO_ORDER = ("plain", "remat", "tiled")
+MIN_TILE = 256  # the smallest tile the tiled mode is offered with (px): below it the halo dominates
 
 
 def _stage_elements(h: int, w: int, layers: Iterable[str], arch: str) -> list[int]:
@@ -35,16 +66,113 @@ def _stage_elements(h: int, w: int, layers: Iterable[str], arch: str) -> list[in
     return sizes
 
 
-def vgg_activation_bytes(h: int, w: int, layers: Iterable[str], arch: str = "vgg19", batch: int = 1) -> int:
-    """Rough peak memory of a VGG forward+backward pass up to the deepest of ``layers``.
+def stage_bytes(h: int, w: int, layers: Iterable[str], arch: str = "vgg19") -> int:
+    """Bytes of the input and every stage's output up to the deepest of ``layers``, once, in float32."""
+    return 4 * sum(_stage_elements(int(h), int(w), layers, arch))
 
-    Sum over the input and every conv/pool output of H·W·C float32 values (4 bytes each),
-    times ``BACKWARD_FACTOR`` (3: stored activations, their gradients, and headroom; XLA
-    measures about 1.75) and the batch size. Weights (≈80 MB for the VGG19 convs) are not
-    included.
+
+def vgg_activation_bytes(
+    h: int, w: int, layers: Iterable[str], arch: str = "vgg19", batch: int = 1, mode: str = "plain"
+) -> int:
+    """Peak activation memory of a VGG forward+backward pass up to the deepest of ``layers``:
+    ``ACTIVATION[mode]`` × :func:`stage_bytes` × the batch size. Weights are not included."""
+    return int(stage_bytes(h, w, layers, arch) * ACTIVATION[mode] * int(batch))
+
+
+def _window(h: int, w: int, layers: Iterable[str], arch: str, tile: int) -> tuple[int, int]:
+    """(h, w) of the largest window of :func:`nstyle.vgg.tiles`."""
+    return max(((t.rows[1] - t.rows[0], t.cols[1] - t.cols[0]) for t in vgg.tiles((h, w), layers, arch, tile)),
+               key=lambda s: s[0] * s[1])  # fmt: skip
+
+
+def estimate(
+    h: int,
+    w: int,
+    layers: Iterable[str],
+    arch: str = "vgg19",
+    batch: int = 1,
+    mode: str = "plain",
+    tile: int | None = None,
+    optimizer: str = "lbfgs",
+    history: int = 10,
+    content_layers: Iterable[str] = ("conv4_2",),
+) -> int:
+    """Estimated peak resident memory (bytes) of a stylisation of ``batch`` images of (h, w) px.
+
+    ``layers``: every layer the loss reads; ``content_layers``: those with a content target;
+    ``mode``/``tile``: :data:`nstyle.vgg.MEMORY_MODES` (tile: the tiled mode's tile side,
+    default :data:`nstyle.vgg.DEFAULT_TILE`); ``optimizer``/``history``: ``"lbfgs"`` with its
+    memory length, or ``"adam"``.
     """
-    elems = sum(_stage_elements(int(h), int(w), layers, arch))
-    return int(elems * 4 * BACKWARD_FACTOR * int(batch))
+    layers = tuple(layers)
+    if mode not in vgg.MEMORY_MODES:
+        raise ValueError(f"unknown memory mode '{mode}' (expected one of {', '.join(vgg.MEMORY_MODES)})")
+    h, w, batch = int(h), int(w), int(batch)
+    ah, aw = _window(h, w, layers, arch, tile or vgg.DEFAULT_TILE) if mode == "tiled" else (h, w)
+    activations = vgg_activation_bytes(ah, aw, layers, arch, batch, mode)
+    image = 4 * 3 * h * w * batch
+    buffers = IMAGE_BUFFERS[optimizer] + (2 * int(history) if optimizer == "lbfgs" else 0)
+    content = 0
+    for layer in content_layers:
+        s = vgg.stride(layer, arch)
+        content += 4 * (h // s) * (w // s) * vgg.conv_shape(vgg.canonical(layer, arch))[-1] * batch
+    return int(BASE_BYTES + activations + buffers * image + content)
+
+
+def forward_bytes(
+    h: int, w: int, layers: Iterable[str], arch: str = "vgg19", mode: str = "plain", tile: int | None = None
+) -> int:
+    """Estimated peak memory of computing targets (a forward pass, no backward) of an (h, w) image:
+    ``FORWARD`` × :func:`stage_bytes`, of a tile's window when ``mode`` is tiled."""
+    layers = tuple(layers)
+    ah, aw = _window(h, w, layers, arch, tile or vgg.DEFAULT_TILE) if mode == "tiled" else (h, w)
+    return int(BASE_BYTES + FORWARD * stage_bytes(ah, aw, layers, arch) + 4 * 3 * h * w)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a stylisation runs in the memory it has: the mode, its tile (tiled only), the estimate."""
+
+    mode: str
+    tile: int | None
+    bytes: int
+
+
+def tiles_to_try(h: int, w: int, layers: tuple[str, ...], arch: str) -> list[int]:
+    """Tile sides for the tiled mode, largest first: halving from the first that splits the image."""
+    align = vgg.stride(vgg.deepest(layers, arch), arch)
+    side = -(-max(h, w) // 2 // align) * align  # two tiles along the longer side
+    out = []
+    while side >= MIN_TILE:
+        out.append(side)
+        side = -(-(side // 2) // align) * align
+    return out or [max(align, MIN_TILE)]
+
+
+def choose(
+    budget_bytes: int,
+    h: int,
+    w: int,
+    layers: Iterable[str],
+    arch: str = "vgg19",
+    batch: int = 1,
+    mode: str = "auto",
+    **kwargs,
+) -> Plan | None:
+    """The fastest memory mode whose :func:`estimate` fits in ``budget_bytes``, or None.
+
+    ``mode="auto"`` tries :data:`AUTO_ORDER` (plain, remat, tiled), each faster than the next;
+    a named mode is checked alone. The tiled mode gets the largest tile that fits (fewer tiles:
+    less halo recomputed, faster compilation). ``kwargs`` go to :func:`estimate`.
+    """
+    layers = tuple(layers)
+    for m in AUTO_ORDER if mode == "auto" else (mode,):
+        tiles = tiles_to_try(int(h), int(w), layers, arch) if m == "tiled" else [None]
+        for t in tiles:
+            need = estimate(h, w, layers, arch, batch, m, t, **kwargs)
+            if need <= budget_bytes:
+                return Plan(mode=m, tile=t, bytes=need)
+    return None
 
 
 def available_bytes() -> int:
@@ -75,9 +203,15 @@ def available_bytes() -> int:
 
 
 def max_side_that_fits(
-    budget_bytes: int, aspect: float, layers: Iterable[str], arch: str = "vgg19", batch: int = 1
+    budget_bytes: int,
+    aspect: float,
+    layers: Iterable[str],
+    arch: str = "vgg19",
+    batch: int = 1,
+    mode: str = "auto",
+    **kwargs,
 ) -> int:
-    """Largest longest-side (px) whose estimated activations fit in ``budget_bytes``.
+    """Largest longest-side (px) for which :func:`choose` finds a mode within ``budget_bytes``.
 
     ``aspect`` is width / height of the image. Returns 0 if not even the smallest useful
     size (:func:`nstyle.vgg.min_size`) fits.
@@ -88,7 +222,7 @@ def max_side_that_fits(
 
     def fits(side: int) -> bool:
         h, w = images.longest_shape((1.0, float(aspect)), side)
-        return vgg_activation_bytes(h, w, layers, arch, batch) <= budget_bytes
+        return choose(budget_bytes, h, w, layers, arch, batch, mode, **kwargs) is not None
 
     lo, hi = 0, max(1, vgg.min_size(layers, arch))
     if not fits(hi):

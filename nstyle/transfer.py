@@ -3,14 +3,15 @@
     s = TransferSettings(loss=losses.PerceptualLoss(), optim=optimize.OptimConfig(steps=200),
                          content="photo.jpg", styles=("painting.jpg",), sizes=(256, 512), stage_steps=(200, 100))
     inputs = load_inputs(s)                       # the images at full resolution
-    check_sizes(s, inputs, memory.available_bytes())
-    out = run(s, inputs, weights.load(s.arch))     # out.image (H, W, 3) in [0, 1]; out.stages
+    plans = check_sizes(s, inputs, memory.available_bytes())   # each stage's memory mode, or a refusal
+    out = run(s, inputs, weights.load(s.arch), plans=plans)      # out.image (H, W, 3) in [0, 1]; out.stages
 
 :func:`nstyle.optimize.stylize` optimises one image at one size; this module is everything
 around it that ``nstyle-stylize`` and batched sweeps share: which images at which size each
 stage sees (the style image's longest side is ``style_scale`` × the output's), colour
 preservation (Gatys et al. 2017: histogram matching of the style, or luminance-only transfer),
-and the coarse-to-fine schedule (each stage starts from the previous result, upsampled).
+the coarse-to-fine schedule (each stage starts from the previous result, upsampled), and each
+stage's memory mode (the fastest that fits: :func:`nstyle.memory.choose`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ class TransferSettings:
     init: str = "content"  # content | noise | style | a path to an image
     preserve_color: str = "off"  # off | luminance | histogram
     seed: int = 0
+    # how the VGG passes keep their activations (nstyle.vgg.MEMORY_MODES); auto: per stage the
+    # fastest mode whose estimate fits the memory available (nstyle.memory.choose)
+    memory_mode: str = "auto"
+
+    def __post_init__(self):
+        if self.memory_mode != "auto" and self.memory_mode not in vgg.MEMORY_MODES:
+            raise ValueError(
+                f"unknown memory mode '{self.memory_mode}' (expected auto or one of {', '.join(vgg.MEMORY_MODES)})"
+            )
 
 
 class MemoryBudgetError(UserError):
@@ -111,19 +121,56 @@ def finish(s: TransferSettings, inputs: Inputs, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def needed_bytes(s: TransferSettings, inputs: Inputs, batch: int = 1) -> int:
-    """Estimated peak activation memory of the largest stage (output and style images)."""
-    size = s.sizes[-1]
+def _estimate_kwargs(s: TransferSettings) -> dict:
+    return {
+        "optimizer": s.optim.name,
+        "history": s.optim.memory,
+        "content_layers": s.loss.content_layers if s.loss.uses_content else (),
+    }
+
+
+def plan_stages(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: int = 1) -> list[memory.Plan]:
+    """Per stage, the memory mode it runs in (:func:`nstyle.memory.choose` with ``s.memory_mode``)
+    and its estimate; :class:`MemoryBudgetError`, naming a size that would fit, when a stage
+    fits in no mode allowed."""
+    plans = []
+    for size in s.sizes:
+        h, w = stage_shape(inputs, size)
+        plan = memory.choose(budget_bytes, h, w, s.loss.layers, s.arch, batch, s.memory_mode, **_estimate_kwargs(s))
+        styles_fit = plan is not None and all(
+            memory.forward_bytes(*style_shape(s, x, size), s.loss.layers, s.arch, plan.mode, plan.tile) <= budget_bytes
+            for x in inputs.styles
+        )
+        if not styles_fit:
+            raise MemoryBudgetError(_too_big(s, inputs, budget_bytes, batch, size))
+        plans.append(plan)
+    return plans
+
+
+def _too_big(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: int, size: int) -> str:
+    """The one-line refusal of a stage that fits in no allowed mode, with a size that would fit."""
     h, w = stage_shape(inputs, size)
-    need = memory.vgg_activation_bytes(h, w, s.loss.layers, s.arch, batch)
-    for x in inputs.styles:  # each style image goes through the network too (forward only, but be safe)
-        need = max(need, memory.vgg_activation_bytes(*style_shape(s, x, size), s.loss.layers, s.arch))
-    return need
+    kw = _estimate_kwargs(s)
+    frugal = s.memory_mode if s.memory_mode != "auto" else "tiled"
+    tiles = memory.tiles_to_try(h, w, s.loss.layers, s.arch) if frugal == "tiled" else [None]
+    need = min(memory.estimate(h, w, s.loss.layers, s.arch, batch, frugal, t, **kw) for t in tiles)
+    fit = memory.max_side_that_fits(budget_bytes, w / h, s.loss.layers, s.arch, batch, s.memory_mode, **kw)
+    if s.styles and s.style_scale > 1:
+        fit = int(fit / s.style_scale)
+    min_side = vgg.min_size(s.loss.layers, s.arch)
+    hint = f"size={fit} would fit" if fit >= min_side else "no useful size fits"
+    how = f"memory_mode={s.memory_mode}" if s.memory_mode != "auto" else "even in the tiled memory mode"
+    return (
+        f"size={size}: the run needs about {need / 2**30:.1f} GiB {how} but only "
+        f"{budget_bytes / 2**30:.1f} GiB is available; {hint} (or raise max_memory_gb"
+        + (", or memory_mode=auto)" if s.memory_mode != "auto" else ")")
+    )
 
 
-def check_sizes(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: int = 1) -> None:
-    """Every stage's output and style images are big enough for the deepest layer, and the
-    largest stage fits in ``budget_bytes``; :class:`ImageError` / :class:`MemoryBudgetError` otherwise."""
+def check_sizes(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: int = 1) -> list[memory.Plan]:
+    """Every stage's output and style images are big enough for the deepest layer, and every
+    stage fits in ``budget_bytes`` in a memory mode ``s`` allows; returns each stage's
+    :class:`nstyle.memory.Plan`. :class:`ImageError` / :class:`MemoryBudgetError` otherwise."""
     min_side = vgg.min_size(s.loss.layers, s.arch)
     for size in s.sizes:
         shape = stage_shape(inputs, size)
@@ -132,17 +179,7 @@ def check_sizes(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: i
             images.check_size(
                 style_shape(s, x, size), min_side, name=f"style {path} at style_scale={s.style_scale:g}, size={size}"
             )
-    need = needed_bytes(s, inputs, batch)
-    if need > budget_bytes:
-        h, w = stage_shape(inputs, s.sizes[-1])
-        fit = memory.max_side_that_fits(budget_bytes, w / h, s.loss.layers, s.arch, batch)
-        if s.styles and s.style_scale > 1:
-            fit = int(fit / s.style_scale)
-        hint = f"size={fit} would fit" if fit >= min_side else "no useful size fits"
-        raise MemoryBudgetError(
-            f"size={s.sizes[-1]}: the VGG activations need about {need / 2**30:.1f} GiB but "
-            f"only {budget_bytes / 2**30:.1f} GiB is available; {hint} (or raise max_memory_gb)"
-        )
+    return plan_stages(s, inputs, budget_bytes, batch)
 
 
 @dataclasses.dataclass
@@ -168,18 +205,26 @@ class TransferResult:
 
 
 def run(
-    s: TransferSettings, inputs: Inputs, params: vgg.VGGParams, callback: Callable[[int, Any, dict], Any] | None = None
+    s: TransferSettings,
+    inputs: Inputs,
+    params: vgg.VGGParams,
+    callback: Callable[[int, Any, dict], Any] | None = None,
+    plans: list[memory.Plan] | None = None,
 ) -> TransferResult:
     """Every stage of ``s`` in turn, each from the previous result upsampled.
 
     ``callback(i, state, metrics)`` is :func:`nstyle.optimize.stylize`'s, called across stages.
+    ``plans``: each stage's memory mode (:func:`check_sizes`); default: planned now against the
+    memory available.
     """
+    if plans is None:
+        plans = plan_stages(s, inputs, memory.available_bytes())
     params = vgg.with_backward_kernels(params, s.loss.layers)  # once, not again per stage
     key = jax.random.key(s.seed)
     stages: list[dict] = []
     history: dict[str, list] = {}
     image, reason = None, "steps"
-    for k, (size, steps) in enumerate(zip(s.sizes, s.stage_steps)):
+    for k, (size, steps, plan) in enumerate(zip(s.sizes, s.stage_steps, plans)):
         content, styles, init_file, shape = stage_images(s, inputs, size)
         if image is not None:
             init = images.resize(image, shape)  # coarse to fine: the previous result, upsampled
@@ -196,6 +241,8 @@ def run(
             key=jax.random.fold_in(key, k),
             optim=dataclasses.replace(s.optim, steps=steps),
             callback=callback,
+            memory=plan.mode,
+            tile=plan.tile,
         )
         image = r.image
         for name, v in r.history.items():
@@ -210,6 +257,9 @@ def run(
                 "lbfgs_memory_resets": r.resets,
                 "compile_s": r.compile_s,
                 "wall_s": r.wall_s,
+                "memory_mode": plan.mode,
+                "tile": plan.tile,
+                "memory_estimate_bytes": plan.bytes,
                 "stopped_reason": r.stopped_reason,
                 "final": r.final,
             }

@@ -66,6 +66,14 @@ class LineSearch(enum.Enum):
     zoom = "zoom"
 
 
+class MemoryMode(enum.Enum):
+    auto = "auto"  # per stage, the fastest of plain, remat, tiled whose estimate fits the memory available
+    plain = "plain"  # keep every activation for the backward pass: fastest
+    remat = "remat"  # recompute each VGG block in the backward pass: same result, ~25% less memory
+    remat_bf16 = "remat_bf16"  # remat with bfloat16 activations: a slightly different result (for GPUs)
+    tiled = "tiled"  # the loss and its gradient tile by tile: same result, memory of one tile
+
+
 class ColorMode(enum.Enum):
     off = "off"
     luminance = "luminance"  # Gatys et al. 2017: transfer on luminance, keep the content's colour
@@ -120,7 +128,8 @@ class StylizeSchema:
     preserve_color: ColorMode = ColorMode(_TRANSFER.preserve_color)
     snapshot_every: int = 50  # save snapshots/step_XXXX.png every N iterations; 0: never
     quiet: Optional[bool] = None  # no progress bar; None: quiet in multirun sweeps only
-    max_memory_gb: Optional[float] = None  # activation budget; None: the memory available now
+    max_memory_gb: Optional[float] = None  # memory budget of the run; None: the memory available now
+    memory_mode: MemoryMode = MemoryMode(_TRANSFER.memory_mode)  # how VGG keeps activations (README: Memory)
     network: NetworkSchema = dataclasses.field(default_factory=NetworkSchema)
     loss: LossSchema = dataclasses.field(default_factory=LossSchema)
     optim: OptimSchema = dataclasses.field(default_factory=OptimSchema)
@@ -333,6 +342,7 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
         init=c.init,
         preserve_color=c.preserve_color.value,
         seed=int(c.seed),
+        memory_mode=c.memory_mode.value,
     )
 
 

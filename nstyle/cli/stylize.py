@@ -134,7 +134,9 @@ def run(
     out_dir = Path(out_dir)
     check_run_dir(out_dir, overwrite)
     inputs = transfer.load_inputs(s)
-    transfer.check_sizes(s, inputs, max_memory_bytes if max_memory_bytes is not None else memory.available_bytes())
+    plans = transfer.check_sizes(
+        s, inputs, max_memory_bytes if max_memory_bytes is not None else memory.available_bytes()
+    )
     params = weights.load(s.arch)
     progress = Progress(
         sum(s.stage_steps),
@@ -146,7 +148,7 @@ def run(
     )
     t0 = time.perf_counter()
     try:
-        r = transfer.run(s, inputs, params, callback=progress)
+        r = transfer.run(s, inputs, params, callback=progress, plans=plans)
     finally:
         progress.close()
     metrics = run_metrics(s, r, params, wall_s=time.perf_counter() - t0, extra=extra_metrics)
@@ -171,6 +173,7 @@ def task(cfg) -> float:
         out_dir, multirun, typed = Path.cwd(), False, None
     quiet = cfg.quiet if cfg.quiet is not None else multirun
     try:
+        _xla.device_defaults()
         _xla.persistent_cache()  # a sweep's later jobs (and the next run) reuse the compiled step
         s = schema.stylize_settings(cfg, typed)
         max_mem = int(cfg.max_memory_gb * 2**30) if cfg.max_memory_gb is not None else None

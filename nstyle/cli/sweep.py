@@ -149,7 +149,9 @@ def run_group(cfgs: list, job_dirs: list[Path]) -> dict:
         s0.loss, alpha=float(ws["alpha"].max()), beta=float(ws["beta"].max()), tv_weight=float(ws["tv_weight"].max())
     )
     inputs = transfer.load_inputs(s0)
-    transfer.check_sizes(dataclasses.replace(s0, loss=loss), inputs, memory.available_bytes(), batch=len(cfgs))
+    (plan,) = transfer.check_sizes(
+        dataclasses.replace(s0, loss=loss), inputs, memory.available_bytes(), batch=len(cfgs)
+    )
     content, styles, init_file, shape = transfer.stage_images(s0, inputs, s0.sizes[-1])
     params = weights.load(s0.arch)
     # the start each member would have alone (nstyle-stylize: stage 0 key), shared by all
@@ -172,6 +174,8 @@ def run_group(cfgs: list, job_dirs: list[Path]) -> dict:
         init=init,
         key=key,
         optim=optim,
+        memory=plan.mode,
+        tile=plan.tile,
     )
     wall = time.perf_counter() - t0
     for i, (s, d) in enumerate(zip(settings, job_dirs)):
@@ -185,6 +189,9 @@ def run_group(cfgs: list, job_dirs: list[Path]) -> dict:
             "lbfgs_memory_resets": int(r.resets[i]),
             "compile_s": r.compile_s,
             "wall_s": r.wall_s,
+            "memory_mode": plan.mode,
+            "tile": plan.tile,
+            "memory_estimate_bytes": plan.bytes,
             "stopped_reason": "nonfinite" if r.diverged[i] else r.stopped_reason,
             "final": final,
         }
@@ -270,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     argv = [a for a in argv if a not in ("-m", "--multirun")]
     app.check_overrides("config", argv)
+    _xla.device_defaults()
     _xla.persistent_cache()
     sweep_dir, failed = run(argv)
     print(sweep_dir)
