@@ -4,6 +4,7 @@
     params = init(cfg, jax.random.key(0))
     y = apply(cfg, params, x)                              # (B, H, W, 3) [0, 1] -> same, H, W % 4 == 0
     y = stylize(cfg, params, x)                            # any H, W: reflect-pad to a multiple of 4, crop back
+    y = stylize_tiled(cfg, params, photo)                  # one (H, W, 3) image of any size, tile by tile
 
 Architecture (Johnson, Alahi, Fei-Fei 2016, supplementary Table 1, with instance norm):
 
@@ -30,6 +31,7 @@ has zero gradient outside [0, 1]); the tanh form has slope 1/2 at z = 0 (a plain
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -39,7 +41,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from nstyle import _io
+from nstyle import _io, _xla, images
 from nstyle._errors import UserError
 
 UPSAMPLES = ("nearest", "transpose")
@@ -182,6 +184,207 @@ def stylize(cfg: FastNetConfig, params: Any, images: jax.Array) -> jax.Array:
 
 def param_count(params: Any) -> int:
     return int(sum(np.prod(np.shape(p)) for p in jax.tree_util.tree_leaves(params)))
+
+
+# ----------------------------------------------------------------------------- tiled inference
+
+DEFAULT_TILE = 1024  # side (px) of the square each tile owns
+STATS_SIDE = 1024  # longest side of the copy the instance-norm statistics are first taken from
+# Inference memory per pixel of the (padded) image, from XLA's analysis of the compiled forward
+# pass of the paper's network (width 32, 5 blocks; benchmarks/MEMORY.md); scaled by width.
+INFERENCE_BYTES_PER_PIXEL = 520
+
+
+def reach(cfg: FastNetConfig) -> int:
+    """How far (input px) an output pixel's value looks: each conv adds its half-width at its
+    resolution (9×9: 4; 3×3 at half and quarter resolution: 2 and 4 input pixels)."""
+    return 4 + 1 + 2 + cfg.blocks * 2 * 4 + 2 + 1 + 4
+
+
+def inference_bytes(cfg: FastNetConfig, h: int, w: int) -> int:
+    """Estimated memory of one untiled forward pass over an (h, w) image (its activations and
+    its input and output on the device), bytes."""
+    return int((INFERENCE_BYTES_PER_PIXEL * cfg.width / 32 + 24) * (h + 3) * (w + 3))
+
+
+# The full image on the host besides the network's own memory: the image, its padded copy and
+# the result in float32, the 8-bit result; and the runtime with the compiled network.
+HOST_BYTES_PER_PIXEL = 48
+BASE_BYTES = 450 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class InferencePlan:
+    """How :func:`stylize_tiled` (or, with ``tile=None``, :func:`stylize`) runs in a budget."""
+
+    tile: int | None  # None: one untiled pass
+    stats_side: int  # longest side of the copy the statistics are taken from
+    bytes: int  # the estimated peak
+
+
+def plan_inference(
+    cfg: FastNetConfig, h: int, w: int, budget_bytes: int, tile: int | str | None = "auto", extra_bytes: int = 0
+) -> InferencePlan | None:
+    """How an (h, w) image is stylised within ``budget_bytes``, or None if it cannot be.
+
+    ``tile``: ``"auto"`` (untiled if it fits, else the largest tile that does), ``None``
+    (untiled only) or a tile side. ``extra_bytes``: memory the caller holds meanwhile (the
+    decoded source of a resize). The full image stays on the host in any case; the statistics
+    come from the largest copy that fits, at most the image itself.
+    """
+    host = BASE_BYTES + extra_bytes + HOST_BYTES_PER_PIXEL * h * w
+    side = max(h, w)
+    if tile in ("auto", None) and host + inference_bytes(cfg, h, w) <= budget_bytes:
+        return InferencePlan(tile=None, stats_side=side, bytes=host + inference_bytes(cfg, h, w))
+    if tile is None:
+        return None
+    halo = -(-reach(cfg) // 4) * 4
+    tiles = [int(tile)] if tile != "auto" else []
+    t = -(-side // 2 // 4) * 4
+    while tile == "auto" and t >= 16:
+        tiles.append(t)
+        t = -(-(t // 2) // 4) * 4
+    for t in tiles:
+        window = min(h, t + 2 * halo), min(w, t + 2 * halo)
+        need = host + inference_bytes(cfg, *window)
+        if need > budget_bytes:
+            continue
+        stats_side = min(side, max(STATS_SIDE, t))
+        while stats_side > 64:  # the largest copy, up to the image itself, whose untiled pass fits
+            sh, sw = images.longest_shape((h, w), stats_side)
+            if host + inference_bytes(cfg, sh, sw) <= budget_bytes:
+                break
+            stats_side = stats_side * 3 // 4
+        return InferencePlan(tile=t, stats_side=stats_side, bytes=max(need, host + inference_bytes(cfg, sh, sw)))
+    return None
+
+
+def _stats_path(module) -> str:
+    return "/".join(module.scope.path)
+
+
+def _instance_norms(x, stats, mask):
+    """A method interceptor for :func:`_forward`: every ``nn.InstanceNorm`` normalises with the
+    statistics ``stats[path] = (mean, var)`` when given (else its own, as Flax computes them),
+    and reports the masked sums Σm·x, Σm·x², Σm of its input for whole-image statistics."""
+    sums: dict = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if not isinstance(module, nn.InstanceNorm) or context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        (y,) = args  # (B, h, w, C)
+        path = _stats_path(module)
+        s = x.shape[1] // y.shape[1]  # this layer's stride relative to the input
+        m = mask[:, ::s, ::s, :][:, : y.shape[1], : y.shape[2], :]  # (B, h, w, 1)
+        yf = y.astype(jnp.float32)
+        sums[path] = (jnp.sum(m * yf, axis=(1, 2)), jnp.sum(m * yf * yf, axis=(1, 2)), jnp.sum(m, axis=(1, 2)))
+        if stats is None or path not in stats:
+            return next_fun(*args, **kwargs)
+        mean, var = stats[path]  # (B, C) each
+        mul = jax.lax.rsqrt(var + module.epsilon)[:, None, None, :]
+        params = module.variables.get("params", {})
+        if module.use_scale:
+            mul = mul * params["scale"]
+        out = (y - mean[:, None, None, :]) * mul
+        return out + params["bias"] if module.use_bias else out
+
+    return interceptor, sums
+
+
+@functools.partial(_xla.jit, static_argnums=0)
+def _forward(cfg: FastNetConfig, params: Any, x: jax.Array, stats: dict | None, mask: jax.Array):
+    """``apply`` on (B, H, W, 3) with the instance-norm statistics ``stats`` (None: the image's
+    own); returns ``(out, sums)``, ``sums[path]`` the masked moments of each norm's input."""
+    interceptor, sums = _instance_norms(x, stats, mask)
+    with nn.intercept_methods(interceptor):
+        out = apply(cfg, params, x)
+    return out, dict(sums)
+
+
+def _moments(sums: dict) -> dict:
+    """{path: (mean, var)} from summed Σx, Σx², count, as Flax computes them (E[x²] − E[x]²)."""
+    out = {}
+    for path, (s1, s2, n) in sums.items():
+        mean = s1 / n
+        out[path] = (mean, jnp.maximum(0.0, s2 / n - mean * mean))
+    return out
+
+
+def _spans(n: int, step: int, window: int) -> list[tuple[int, int, int, int]]:
+    """(own start, own stop, window start, window stop) along one side of n px: windows of one
+    size (``window``, or n when smaller), starts multiples of 4, kept inside the image."""
+    window = min(n, window)
+    out = []
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        start = min(max(0, a - (window - step) // 2 // 4 * 4), n - window)
+        out.append((a, b, start, start + window))
+    return out
+
+
+def stylize_tiled(
+    cfg: FastNetConfig,
+    params: Any,
+    image: np.ndarray,
+    tile: int = DEFAULT_TILE,
+    stats_side: int = STATS_SIDE,
+    exact: bool = False,
+) -> np.ndarray:
+    """:func:`stylize` of one (H, W, 3) image of any size, in the memory of one tile.
+
+    The image is padded as :func:`stylize` pads it, then cut into squares of side ``tile``;
+    each runs inside a window that adds :func:`reach` pixels on every side (or stops at the
+    image's edge), and only its own square is kept: given the same instance-norm statistics,
+    a square's pixels are the ones the whole image gives, so there is no seam to blend.
+
+    The statistics are the whole image's, never a tile's (its own would recolour each tile):
+    those of a copy resized to longest side ``stats_side`` (the image itself when it is not
+    larger: then the result is :func:`stylize`'s). ``exact=True`` then refines them on the
+    full-size image: each pass runs the tiles with the current statistics and sums each
+    norm's input over the tiles' own squares; a layer's statistics depend only on the layers
+    before it, so after one pass per instance norm they are the untiled ones (a pass costs a
+    full tiled run: 16 for the paper's network).
+
+    Returns (H, W, 3) float32 in [0, 1]. The full-size arrays stay on the host; the device
+    holds one window at a time.
+    """
+    image = np.asarray(image, np.float32)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+    h, w = image.shape[:2]
+    padded = np.asarray(pad_to_multiple(image[None], 4)[0])  # (1, H', W', 3)
+    ph, pw = padded.shape[1] - h, padded.shape[2] - w
+    step = max(4, -(-int(tile) // 4) * 4)
+    halo = -(-reach(cfg) // 4) * 4
+    rows = _spans(padded.shape[1], step, step + 2 * halo)
+    cols = _spans(padded.shape[2], step, step + 2 * halo)
+
+    whole = max(h, w) <= stats_side
+    small = padded if whole else np.asarray(pad_to_multiple(images.resize_longest(image, stats_side)[None], 4)[0])
+    _, sums = _forward(cfg, params, jnp.asarray(small), None, jnp.ones(small.shape[:3] + (1,), jnp.float32))
+    stats = _moments(sums)
+
+    def tiles_pass(stats, keep_output: bool):
+        out = np.empty_like(padded) if keep_output else None
+        total = None
+        for a, b, r0, r1 in rows:
+            for c, d, c0, c1 in cols:
+                window = padded[:, r0:r1, c0:c1, :]  # (1, h_w, w_w, 3)
+                mask = np.zeros(window.shape[:3] + (1,), np.float32)
+                mask[:, a - r0 : b - r0, c - c0 : d - c0] = 1.0  # the square this tile owns
+                y, part = _forward(cfg, params, jnp.asarray(window), stats, jnp.asarray(mask))
+                if keep_output:
+                    out[:, a:b, c:d, :] = np.asarray(y)[:, a - r0 : b - r0, c - c0 : d - c0, :]
+                else:
+                    total = part if total is None else jax.tree.map(jnp.add, total, part)
+        return out, total
+
+    if exact and not whole:
+        for _ in range(len(stats)):  # pass k makes the first k norms' statistics exact
+            stats = _moments(tiles_pass(stats, keep_output=False)[1])
+    out, _ = tiles_pass(stats, keep_output=True)
+    return out[0, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w, :]
 
 
 # ----------------------------------------------------------------------------- export

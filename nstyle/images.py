@@ -201,6 +201,21 @@ def _to_float_rgb(im: Image.Image, label: str) -> np.ndarray:
     return a[..., :3]
 
 
+def image_size(spec: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image file as :func:`load_image` returns it (EXIF orientation applied), read
+    from its header, without decoding the pixels: what a memory check needs before a load."""
+    path = resolve(spec)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation; 5–8 turn the image by 90°
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError):
+        return tuple(load_image(spec).shape[:2])  # the load reports what is wrong with the file
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
 def load_image(spec: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
     """Read an image file (or ``"builtin:<name>"``) as float32 (H, W, 3) RGB in [0, 1].
 

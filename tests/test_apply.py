@@ -101,3 +101,42 @@ def test_console_script_exit_code_and_no_traceback(tmp_path, photo):
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("nstyle-apply: error:") and "no such model file" in r.stderr
+
+
+def test_tiled_when_asked_or_when_the_image_does_not_fit(tmp_path, model):
+    """tile=N runs tile by tile (the same pixels as untiled, to 8-bit rounding, for an image whose
+    statistics come from the image itself); tile=auto tiles when the budget is too small for one
+    pass; tile=off then refuses, before decoding, naming the max_side that would fit."""
+    from nstyle import fastnet
+
+    src = images.save_image(tmp_path / "big.png", images.load_image("builtin:astronaut", max_side=120))
+    plain, tiled = tmp_path / "plain.png", tmp_path / "tiled.png"
+    assert apply.main([f"model={model[0]}", f"input={src}", f"output={plain}"]) == 0
+    assert apply.main([f"model={model[0]}", f"input={src}", f"output={tiled}", "tile=32"]) == 0
+    np.testing.assert_allclose(images.load_image(tiled), images.load_image(plain), atol=1 / 255 + 1e-6)
+    assert json.loads((tmp_path / "tiled.png.json").read_text())["images"][0]["tile"] == 32
+
+    # a budget between what one tile and what the whole image needs
+    whole = fastnet.plan_inference(NET, 120, 120, 10**12).bytes
+    budget_gb = (whole - fastnet.inference_bytes(NET, 120, 120) // 2) / 2**30
+    auto = tmp_path / "auto.png"
+    assert apply.main([f"model={model[0]}", f"input={src}", f"output={auto}", f"max_memory_gb={budget_gb}"]) == 0
+    assert json.loads((tmp_path / "auto.png.json").read_text())["images"][0]["tile"] is not None
+
+
+def test_memory_is_checked_before_the_image_is_decoded(tmp_path, model, photo, capsys, monkeypatch):
+    src, _ = photo
+    decoded = []
+    monkeypatch.setattr(images, "load_image", lambda *a, **k: decoded.append(a) or np.zeros((2, 2, 3)))
+    cases = [
+        (["max_side=100000"], "max_side="),  # 100000×66000 px: the image alone exceeds the budget
+        (["max_side=3000", "tile=off"], "tile=auto"),
+    ]
+    for extra, words in cases:
+        out = tmp_path / "o.png"
+        args = [f"model={model[0]}", f"input={src}", f"output={out}", "max_memory_gb=1", *extra]
+        assert apply.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "would fit" in err[0] and words in err[0], err
+        assert not out.exists()
+    assert not decoded

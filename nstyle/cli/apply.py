@@ -10,7 +10,15 @@ the checkpoint it was exported from. Existing outputs are never overwritten unle
 ``overwrite=true``. Unreadable images in a folder are skipped, counted and listed.
 
 Options (key=value): ``model``, ``input``, ``output`` (required); ``max_side`` (resize the
-longest side first; default: the image's own size); ``overwrite`` (default false).
+longest side first; default: the image's own size); ``overwrite`` (default false);
+``tile`` (``auto``: untiled when the image fits in memory, else tile by tile with
+:func:`nstyle.fastnet.stylize_tiled`; ``off``: untiled only; or a tile side in px);
+``max_memory_gb`` (the budget; default: the memory available now); ``exact_stats``
+(tiled runs: refine the instance-norm statistics on the full-size image until they are the
+untiled ones, one extra tiled pass per norm; default false: from the largest copy that fits).
+
+Each image's memory is estimated from its header before it is decoded; one that fits in no
+way is refused (a folder skips it) with the ``max_side`` that would fit.
 """
 
 from __future__ import annotations
@@ -24,14 +32,18 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from nstyle import _io, _xla, fastnet, images
+from nstyle import _io, _xla, fastnet, images, memory
 from nstyle._errors import UserError
 from nstyle.cli.errors import command
 from nstyle.data import IMAGE_SUFFIXES
 
 PROG = "nstyle-apply"
-USAGE = "usage: nstyle-apply model=FILE input=PATH output=PATH [max_side=N] [overwrite=true]"
-KEYS = ("model", "input", "output", "max_side", "overwrite")
+USAGE = (
+    "usage: nstyle-apply model=FILE input=PATH output=PATH [max_side=N] [overwrite=true] "
+    "[tile=auto|off|N] [max_memory_gb=X] [exact_stats=true]"
+)
+KEYS = ("model", "input", "output", "max_side", "overwrite", "tile", "max_memory_gb", "exact_stats")
+FLAGS = ("true", "false", "1", "0", "yes", "no")
 
 
 def parse(argv: Sequence[str]) -> dict:
@@ -53,15 +65,33 @@ def parse(argv: Sequence[str]) -> dict:
             raise UserError(f"max_side must be a whole number of pixels, got '{opts['max_side']}'") from None
         if opts["max_side"] < 1:
             raise UserError(f"max_side must be >= 1, got {opts['max_side']}")
-    flag = str(opts.get("overwrite", "false")).lower()
-    if flag not in ("true", "false", "1", "0", "yes", "no"):
-        raise UserError(f"overwrite must be true or false, got '{opts['overwrite']}'")
-    opts["overwrite"] = flag in ("true", "1", "yes")
+    for key in ("overwrite", "exact_stats"):
+        flag = str(opts.get(key, "false")).lower()
+        if flag not in FLAGS:
+            raise UserError(f"{key} must be true or false, got '{opts[key]}'")
+        opts[key] = flag in ("true", "1", "yes")
+    tile = str(opts.get("tile", "auto")).lower()
+    if tile not in ("auto", "off"):
+        try:
+            tile = int(tile)
+        except ValueError:
+            raise UserError(f"tile must be auto, off or a side in pixels, got '{opts['tile']}'") from None
+        if tile < 16:
+            raise UserError(f"tile must be at least 16 px, got {tile}")
+    opts["tile"] = None if tile == "off" else tile
+    if "max_memory_gb" in opts:
+        try:
+            opts["max_memory_gb"] = float(opts["max_memory_gb"])
+        except ValueError:
+            raise UserError(f"max_memory_gb must be a number, got '{opts['max_memory_gb']}'") from None
+        if not opts["max_memory_gb"] > 0:
+            raise UserError(f"max_memory_gb must be > 0, got {opts['max_memory_gb']}")
     return opts
 
 
 class Styliser:
-    """A loaded model; ``__call__`` maps (H, W, 3) [0, 1] to (H, W, 3), compiled once per image shape."""
+    """A loaded model; ``__call__`` maps (H, W, 3) [0, 1] to (H, W, 3), compiled once per image shape
+    (per tile shape when tiled)."""
 
     def __init__(self, model_path: str | os.PathLike):
         self.path = Path(model_path)
@@ -69,9 +99,37 @@ class Styliser:
         self.sha256 = _io.sha256_file(self.path)
         self._run = _xla.jit(lambda p, x: fastnet.stylize(self.cfg, p, x))
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, plan: fastnet.InferencePlan | None = None, exact: bool = False) -> np.ndarray:
+        if plan is not None and plan.tile is not None:
+            return fastnet.stylize_tiled(self.cfg, self.params, image, plan.tile, plan.stats_side, exact)
         out = self._run(self.params, image[None])  # (1, H, W, 3)
         return np.asarray(jax.device_get(out))[0]
+
+    def plan(self, path: Path, opts: dict, budget: int) -> fastnet.InferencePlan:
+        """How ``path`` is stylised in ``budget`` bytes, from its header (nothing decoded yet);
+        :class:`UserError` naming a ``max_side`` that would fit when it cannot be."""
+        h0, w0 = images.image_size(path)
+        h, w = images.longest_shape((h0, w0), opts["max_side"]) if opts.get("max_side") else (h0, w0)
+        source = 16 * h0 * w0 if (h, w) != (h0, w0) else 0  # the decoded original beside the resized copy
+        plan = fastnet.plan_inference(self.cfg, h, w, budget, opts["tile"], source)
+        if plan is not None:
+            return plan
+
+        def fits(side: int) -> bool:
+            sh, sw = images.longest_shape((h0, w0), side)
+            src = 16 * h0 * w0 if (sh, sw) != (h0, w0) else 0
+            return fastnet.plan_inference(self.cfg, sh, sw, budget, opts["tile"], src) is not None
+
+        lo, hi = 0, max(h, w)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        how = "untiled (tile=off)" if opts["tile"] is None else "even tile by tile"
+        hint = f"max_side={lo} would fit" if lo >= 16 else "no useful size fits"
+        raise UserError(
+            f"{path}: stylising it at {w}×{h} needs more than the {budget / 2**30:.1f} GiB available {how}; "
+            f"{hint}" + (", or tile=auto" if opts["tile"] is None else "")
+        )
 
     def describe(self) -> dict:
         return {
@@ -116,20 +174,22 @@ def run(opts: dict, log=print) -> dict:
         pairs = [(src, dst)]
         meta_path = dst.with_name(dst.name + ".json")
     model = Styliser(opts["model"])
+    budget = int(opts["max_memory_gb"] * 2**30) if opts.get("max_memory_gb") else memory.available_bytes()
 
     done, skipped = [], []
     for inp, out in pairs:
         try:
+            plan = model.plan(inp, opts, budget)  # before anything of the image is decoded
             img = images.load_image(inp, max_side=opts.get("max_side"))  # (H, W, 3)
-        except images.ImageError as e:
+        except UserError as e:  # an unreadable image (ImageError) or one that fits in no way
             if len(pairs) == 1:
                 raise
             skipped.append({"input": str(inp), "error": str(e)})
             log(f"skipped {inp}: {e}")
             continue
         t = time.perf_counter()
-        result = model(img)
-        seconds = time.perf_counter() - t  # includes compilation for a new image shape
+        result = model(img, plan, opts["exact_stats"])
+        seconds = time.perf_counter() - t  # includes compilation for a new image (or tile) shape
         images.save_image(out, result)
         done.append(
             {
@@ -137,9 +197,13 @@ def run(opts: dict, log=print) -> dict:
                 "output": str(out),
                 "size": [int(img.shape[0]), int(img.shape[1])],
                 "seconds": round(seconds, 4),
+                "tile": plan.tile,
+                "stats_side": plan.stats_side if plan.tile is not None else None,
+                "memory_estimate_bytes": plan.bytes,
             }
         )
-        log(f"{inp} -> {out} ({img.shape[1]}x{img.shape[0]}, {seconds:.2f} s)")
+        how = f", tiles of {plan.tile} px" if plan.tile is not None else ""
+        log(f"{inp} -> {out} ({img.shape[1]}x{img.shape[0]}{how}, {seconds:.2f} s)")
     if not done:
         raise UserError(f"no image in '{src}' could be read ({len(skipped)} skipped); check the files")
     meta = {
@@ -149,6 +213,8 @@ def run(opts: dict, log=print) -> dict:
         "images": done,
         "skipped": skipped,
         "max_side": opts.get("max_side"),
+        "tile": opts["tile"],
+        "exact_stats": opts["exact_stats"],
         "jax": jax.__version__,
         "platform": jax.devices()[0].platform,
     }
@@ -159,6 +225,7 @@ def run(opts: dict, log=print) -> dict:
 @command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse(sys.argv[1:] if argv is None else argv)
+    _xla.device_defaults()
     _xla.persistent_cache()
     meta = run(opts)
     n = len(meta["images"])
