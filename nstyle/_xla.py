@@ -13,6 +13,8 @@ options at all (checked once, on the first compilation).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import os
 
@@ -43,6 +45,39 @@ def _supported(options: tuple[tuple[str, str], ...]) -> bool:
     return True
 
 
+PRECISION_ENV = "NSTYLE_PRECISION"
+PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
+# Convolutions and matmuls that name no precision of their own run at this one on GPUs and TPUs
+# (the Gram products name HIGHEST: float32 always). TF32 is what PyTorch's cuDNN convolutions
+# use by default; benchmarks/gpu_suite.py measures all three and the final loss each reaches.
+# XLA:CPU computes float32 at every setting.
+DEFAULT_PRECISION = "tensorfloat32"
+
+
+def precision() -> str:
+    """The default matmul/convolution precision of nstyle's computations (``NSTYLE_PRECISION``)."""
+    value = os.environ.get(PRECISION_ENV, DEFAULT_PRECISION).strip().lower() or DEFAULT_PRECISION
+    if value not in PRECISIONS:
+        raise ValueError(
+            f"{PRECISION_ENV}={value!r} is not one of {', '.join(PRECISIONS)}; unset it or set "
+            f"{PRECISION_ENV}={DEFAULT_PRECISION}"
+        )
+    return value
+
+
+# JAX preallocates this fraction of an accelerator's memory for its allocator (its own default
+# is 0.75): print-size runs need most of it, and nstyle.memory plans against that pool.
+GPU_MEMORY_FRACTION = "0.90"
+
+
+def device_defaults() -> None:
+    """Settings that must precede the first use of an accelerator; the commands call it first
+    thing. Each is set only where the user has not set it: the preallocated fraction of GPU
+    memory (``XLA_PYTHON_CLIENT_MEM_FRACTION``). Buffer donation and the precision are
+    per-computation (:func:`jit`) and need nothing here."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", GPU_MEMORY_FRACTION)
+
+
 def compiler_options() -> dict[str, str]:
     """The XLA options nstyle compiles its hot loops with (empty when there is nothing to set)."""
     if conv_choice() == "xla" or jax.default_backend() != "cpu":
@@ -52,7 +87,8 @@ def compiler_options() -> dict[str, str]:
 
 
 def jit(fun=None, **kwargs):
-    """``jax.jit`` with :func:`compiler_options`; usable as ``@jit`` or ``@jit(static_argnums=...)``.
+    """``jax.jit`` with :func:`compiler_options`, traced at :func:`precision`; usable as
+    ``@jit`` or ``@jit(static_argnums=...)``.
 
     The options are looked up at the first use, not at decoration, so importing nstyle never
     initialises a JAX backend. The result behaves as the ``jax.jit`` object it wraps
@@ -90,7 +126,12 @@ class _LazyJit:
             if self._nested is None:
                 self._nested = jax.jit(self._fun, **self._kwargs)
             return self._nested(*args, **kwargs)
-        return self._get()(*args, **kwargs)
+        with jax.default_matmul_precision(precision()):
+            return self._get()(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with jax.default_matmul_precision(precision()):  # as a call traces it: the same executable
+            return self._get().lower(*args, **kwargs)
 
     def __getattr__(self, name):  # lower, trace, eval_shape, _cache_size, ...
         if name.startswith("__") or name in ("_fun", "_kwargs", "_jitted", "_nested"):
@@ -125,3 +166,25 @@ def persistent_cache(path: str | os.PathLike | None = None) -> str | None:
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_S)
     return directory
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where there is none (macOS, musl)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_host_memory() -> None:
+    """Hand the heap memory that is free back to the operating system (glibc ``malloc_trim``).
+
+    Compiling a VGG step frees 100–250 MB of compiler memory that glibc keeps for later
+    allocations; the step's own buffers then come on top of it, so the run's peak RSS holds
+    both (benchmarks/MEMORY.md). Called after each compilation of a run; a few milliseconds.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

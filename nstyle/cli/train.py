@@ -47,6 +47,7 @@ def task(dcfg) -> float:
     hc = HydraConfig.get()
     cfg = schema.train_settings(dcfg, schema.Typed.from_overrides(list(hc.overrides.task)))
     workdir = Path(hc.runtime.output_dir)
+    _xla.device_defaults()
     _xla.persistent_cache()  # a resumed or repeated run reuses the compiled train step
     summary = train.train(cfg, workdir, on_checkpoint=lambda step: plot_losses(workdir))
     plot_losses(workdir)
