@@ -188,3 +188,19 @@ def test_transfer_plans_each_stage_and_refuses_with_a_size_that_fits():
     # an explicit mode that does not fit says so, and that auto would
     with pytest.raises(MemoryBudgetError, match="memory_mode=plain .* memory_mode=auto"):
         transfer.check_sizes(dataclasses.replace(s, memory_mode="plain"), inputs, big // 2)
+
+
+def test_print_preset_is_coarse_to_fine_to_4096():
+    from hydra import compose, initialize_config_dir
+
+    from nstyle.cli import app, schema
+
+    schema.register()
+    with initialize_config_dir(config_dir=str(app.conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=print"])
+    s = schema.stylize_settings(cfg)
+    assert s.sizes == (256, 512, 1024, 2048, 4096) and s.memory_mode == "auto"
+    # most iterations at low resolution, a few at the top
+    assert s.stage_steps == (200, 100, 50, 20, 5)
+    cost = sum(n * size**2 for n, size in zip(s.stage_steps, s.sizes)) / 4096**2
+    assert cost == pytest.approx(15.5, rel=0.01)  # in iterations at 4096 px
