@@ -71,6 +71,12 @@ def threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def rss_mib() -> float:
+    """Resident memory now (Linux /proc/self/statm), MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 

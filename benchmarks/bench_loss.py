@@ -44,30 +44,40 @@ DEFAULT_TORCH_PYTHON = C.torch_python()  # $NSTYLE_TORCH_PYTHON
 # ----------------------------------------------------------------------------- the measurement
 
 
-def child(size: int, repeats: int, warmup: int, params_arg: bool = False) -> dict:
+def child(size: int, repeats: int, warmup: int, params_arg: bool = False, release: bool = True) -> dict:
     """One size, in this (fresh) process: compile, warm up, time, read peak RSS.
 
     ``params_arg``: pass the weights (and targets) as arguments of the jitted function instead
     of closing over them; a closure makes them compile-time constants of the executable.
+    ``release``: hand the compiler's freed memory back to the OS before running
+    (``nstyle._xla.release_host_memory``, as nstyle does).
     """
+    rss = {"start": C.rss_mib()}
     import jax
     import jax.numpy as jnp
 
     import nstyle
     import nstyle._xla
 
+    jnp.zeros(()).block_until_ready()
+    rss["jax"] = C.rss_mib()
     for name, cin, cout, _ in C.CONVS:  # the FLOP table must describe nstyle's network
         assert nstyle.vgg.conv_shape(name) == (3, 3, cin, cout), name
     params = nstyle.weights.load("vgg19")
+    rss["weights"] = C.rss_mib()
     cfg = nstyle.losses.PerceptualLoss()  # paper defaults, avg pooling
     assert cfg.content_layers == (C.CONTENT_LAYER,) and cfg.style_layers == C.STYLE_LAYERS, cfg
     assert (cfg.alpha, cfg.beta, cfg.pooling) == (C.ALPHA, C.BETA, "avg"), cfg
-    content, style, x0 = (jnp.asarray(a) for a in C.images(size))
-    targets = nstyle.losses.Targets(
-        content=nstyle.losses.content_targets(params, content, cfg),
-        style=nstyle.losses.style_targets(params, [style], cfg),
-    )
+    content, style, x0 = C.images(size)
+    # as nstyle.optimize computes them: one compiled call each (eager jnp ops would compile and
+    # cache a program per operation)
+    targets = nstyle.optimize.prepare_targets(params, cfg, content, [style[0]], None, 1)
+    targets = jax.tree.map(lambda t: t[:1], targets)
+    x0 = jnp.asarray(x0)
     jax.block_until_ready(targets)
+    if release:
+        nstyle._xla.release_host_memory()  # as nstyle.optimize does after computing its targets
+    rss["targets"] = C.rss_mib()
     rss_setup = C.peak_rss_mib()
     jit = nstyle._xla.jit  # how nstyle compiles its hot loops (NSTYLE_CPU_CONV; see nstyle/_xla.py)
 
@@ -82,8 +92,13 @@ def child(size: int, repeats: int, warmup: int, params_arg: bool = False) -> dic
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
+    rss["compiled"] = C.rss_mib()
+    if release:
+        nstyle._xla.release_host_memory()  # as nstyle.optimize does after compiling its step
+    rss["released"] = C.rss_mib()
     v, g = jax.block_until_ready(compiled(*args))
     t3 = time.perf_counter()
+    rss["ran"] = C.rss_mib()
 
     def call():
         jax.block_until_ready(compiled(*args))
@@ -97,7 +112,9 @@ def child(size: int, repeats: int, warmup: int, params_arg: bool = False) -> dic
             "version": jax.__version__,
             "size": size,
             "threads": C.threads(),
-            "variant": os.environ.get("NSTYLE_BENCH_VARIANT", "default") + ("+params-arg" if params_arg else ""),
+            "variant": os.environ.get("NSTYLE_BENCH_VARIANT", "default")
+            + ("+params-arg" if params_arg else "")
+            + ("" if release else "+no-release"),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "compiler_options": nstyle._xla.compiler_options(),
             "trace_s": t1 - t0,
@@ -108,6 +125,8 @@ def child(size: int, repeats: int, warmup: int, params_arg: bool = False) -> dic
             "loss": float(v),
             "grad_abs_sum": float(jnp.abs(g).sum()),
             "rss_setup_mib": rss_setup,
+            "rss_mib": rss,  # resident memory after each phase
+            "temp_mib": compiled.memory_analysis().temp_size_in_bytes / 2**20,
             "peak_rss_mib": C.peak_rss_mib(),
         }
     )
@@ -128,17 +147,21 @@ def run_child(cmd: list[str], env: dict | None = None, cores: int | None = None)
 
 
 def jax_cmd(size: int, args) -> list[str]:
-    return [
-        sys.executable,
-        __file__,
-        "--child",
-        "--size",
-        str(size),
-        "--repeats",
-        str(args.repeats),
-        "--warmup",
-        str(args.warmup),
-    ] + (["--params-arg"] if args.params_arg else [])
+    return (
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "--size",
+            str(size),
+            "--repeats",
+            str(args.repeats),
+            "--warmup",
+            str(args.warmup),
+        ]
+        + (["--params-arg"] if args.params_arg else [])
+        + (["--no-release"] if args.no_release else [])
+    )
 
 
 def torch_cmd(size: int, args) -> list[str]:
@@ -224,6 +247,7 @@ def describe(r: dict, peaks: dict) -> str:
         f"{tag:>18} {r['size']:4d}px  compile {comp:6.2f} s  median {r['median_s']:.3f} s/eval "
         f"(min {min(r['times_s']):.3f}, n={len(r['times_s'])})  {r['gflops']:5.0f} GFLOP/s  {pk}{busy}  "
         f"peak RSS {r['peak_rss_mib']:.0f} MiB  loss {r['loss']:.7g}"
+        + ("  RSS after " + ", ".join(f"{k} {v:.0f}" for k, v in r["rss_mib"].items()) if "rss_mib" in r else "")
     )
 
 
@@ -250,13 +274,18 @@ def main(argv=None) -> None:
         action="store_true",
         help="pass weights and targets to the jitted function as arguments (default: closed over)",
     )
+    ap.add_argument(
+        "--no-release",
+        action="store_true",
+        help="keep the compiler's freed memory in the process (no malloc_trim after compiling)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="restrict every child to this many cores")
     ap.add_argument("--json", type=Path, default=None, help="also write every result to this file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.child:
-        C.report(child(args.size[0], args.repeats, args.warmup, args.params_arg))
+        C.report(child(args.size[0], args.repeats, args.warmup, args.params_arg, not args.no_release))
         return
     if args.compare and not (args.torch_python and Path(args.torch_python).exists()):
         raise SystemExit(

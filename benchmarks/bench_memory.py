@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_memory.py                                 # 1024 and 2048 px, every mode
     .venv/bin/python benchmarks/bench_memory.py --sizes 4096 --modes tiled --steps 1
     .venv/bin/python benchmarks/bench_memory.py --sizes 512 1024 --modes plain remat --json out.json
+    .venv/bin/python benchmarks/bench_memory.py --apply 6000x4000 --max-memory-gb 4    # tiled FastNet inference
 
 Each (size, mode) runs ``nstyle-stylize content=builtin:astronaut style=builtin:coffee size=S
 steps=N memory_mode=M`` in a fresh process (the command users run, compilation included: the
@@ -12,6 +13,12 @@ compile time from ``metrics.json``, and the estimate ``nstyle.memory`` made befo
 (``memory_estimate_bytes``, with the tile it chose). A run whose estimate exceeds the memory
 available now is skipped and reported as such. Alternate modes within a size (``--rounds``)
 to compare times on a shared machine.
+
+``--apply WxH`` measures ``nstyle-apply`` instead: a W×H JPEG (a built-in photo resized) through a
+freshly initialised FastNet of the paper's size (the weights do not change the cost), in a fresh
+process, within ``--max-memory-gb``; it reports the peak RSS, the tile nstyle-apply chose and
+the seconds, once with the default statistics (a resized copy) and once with ``exact_stats``
+if ``--exact`` is given.
 """
 
 from __future__ import annotations
@@ -72,6 +79,43 @@ def run_once(size: int, mode: str, steps: int, extra: list[str]) -> dict:
     }
 
 
+APPLY = "import sys; from nstyle.cli.apply import main; sys.exit(main())"
+
+
+def run_apply(w: int, h: int, max_memory_gb: float, exact: bool) -> dict:
+    """``nstyle-apply`` on a w×h photo in a fresh process: peak RSS, the plan it chose, seconds."""
+    import jax
+
+    from nstyle import fastnet, images
+
+    with tempfile.TemporaryDirectory(prefix="nstyle-apply-") as d:
+        photo = images.save_image(Path(d) / "photo.jpg", images.resize(images.load_image("builtin:astronaut"), (h, w)))
+        model = Path(d) / "model.npz"
+        cfg = fastnet.FastNetConfig()
+        fastnet.export_model(model, cfg, jax.device_get(fastnet.init(cfg, jax.random.key(0))))
+        out = Path(d) / "out.png"
+        args = [sys.executable, "-c", APPLY, f"model={model}", f"input={photo}", f"output={out}"]
+        args += [f"max_memory_gb={max_memory_gb}"] + (["exact_stats=true"] if exact else [])
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) != 0:
+            return {"size": [h, w], "error": proc.stderr.read().strip()[-500:]}
+        meta = json.loads((Path(d) / "out.png.json").read_text())["images"][0]
+        return {
+            "size": [h, w],
+            "exact_stats": exact,
+            "max_memory_gb": max_memory_gb,
+            "peak_rss_bytes": usage.ru_maxrss * 1024,
+            "estimate_bytes": meta["memory_estimate_bytes"],
+            "tile": meta["tile"],
+            "stats_side": meta["stats_side"],
+            "seconds": meta["seconds"],
+            "process_s": wall,
+        }
+
+
 def estimate(size: int, mode: str) -> int:
     """What the run will plan with (the largest tile that fits, for tiled), without running it."""
     from nstyle import losses, memory
@@ -89,8 +133,28 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="runs per (size, mode), alternated A B … then … B A")
     ap.add_argument("--headroom", type=float, default=0.85, help="skip runs estimated above this × available")
     ap.add_argument("--json", type=Path, default=None, help="also write every result to this file")
+    ap.add_argument("--apply", default=None, metavar="WxH", help="measure nstyle-apply on a W×H photo instead")
+    ap.add_argument("--max-memory-gb", type=float, default=4.0, help="--apply: the budget given to nstyle-apply")
+    ap.add_argument("--exact", action="store_true", help="--apply: also run with exact_stats=true")
     ap.add_argument("extra", nargs="*", help="further nstyle-stylize overrides")
     args = ap.parse_args(argv)
+
+    if args.apply:
+        w, h = (int(v) for v in args.apply.lower().split("x"))
+        results = [run_apply(w, h, args.max_memory_gb, exact) for exact in ([False, True] if args.exact else [False])]
+        for r in results:
+            if "error" in r:
+                print(f"apply {w}x{h}: error: {r['error']}")
+                continue
+            print(
+                f"apply {w}x{h} exact_stats={r['exact_stats']}: peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB "
+                f"(estimate {r['estimate_bytes'] / 2**30:.2f}, budget {r['max_memory_gb']} GiB), tile {r['tile']}, "
+                f"statistics from {r['stats_side']} px, {r['seconds']:.1f} s (process {r['process_s']:.1f} s)",
+                flush=True,
+            )
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return
 
     from nstyle import memory
 

@@ -541,6 +541,7 @@ def stylize_batch(
     w = loss_weights(loss, batch, weights)
     target_tile = (tile or vgg.DEFAULT_TILE) if memory == "tiled" else None
     targets = prepare_targets(params, loss, content, styles, style_blend, batch, tile=target_tile)
+    _xla.release_host_memory()  # what compiling the targets' programs freed, before the step compiles
     params = vgg.with_backward_kernels(params, loss.layers)  # once per run, not in every step's backward pass
     x0 = initial_images(init, shape, batch, key, content=content, styles=styles)
 
