@@ -159,7 +159,7 @@ def _too_big(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: int,
         fit = int(fit / s.style_scale)
     min_side = vgg.min_size(s.loss.layers, s.arch)
     hint = f"size={fit} would fit" if fit >= min_side else "no useful size fits"
-    how = f"memory_mode={s.memory_mode}" if s.memory_mode != "auto" else "even in the tiled memory mode"
+    how = f"in memory_mode={s.memory_mode}" if s.memory_mode != "auto" else "even in the tiled memory mode"
     return (
         f"size={size}: the run needs about {need / 2**30:.1f} GiB {how} but only "
         f"{budget_bytes / 2**30:.1f} GiB is available; {hint} (or raise max_memory_gb"
