@@ -8,14 +8,23 @@ work from any folder, installed editable or not.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nstyle import _io, _rundir
 from nstyle._errors import UserError
 from nstyle.cli import schema
 from nstyle.cli.errors import fail, message
+
+# the schema each Hydra config of nstyle/conf is checked against (``+key=`` included)
+SCHEMAS: dict[str, type] = {"config": schema.StylizeSchema, "train": schema.TrainSchema}
+# where a task writes Hydra's records (``.hydra/``) once its checks passed; set by hydra_main
+SUBDIR_ENV = "NSTYLE_HYDRA_SUBDIR"
+INFO_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
 
 
 def conf_dir() -> Path:
@@ -50,15 +59,20 @@ def overrides_of(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def check_overrides(config_name: str, argv: Sequence[str]) -> None:
+def check_overrides(
+    config_name: str, argv: Sequence[str], config_dir: Path | None = None, schema_cls: type | None = None
+):
     """Compose the config the command line asks for once, before Hydra runs anything, so a
-    misspelt key, a wrong type or a bad group choice is a :class:`UserError` (one line, exit
-    status 2) instead of Hydra's report. Sweep values (``a=1,2``) are checked one by one."""
+    misspelt key (also one added with ``+key=`` or ``++key=``), a wrong type or a bad group
+    choice is a :class:`UserError` (one line, exit status 2) instead of Hydra's report, and
+    nothing is created. Sweep values (``a=1,2``) are checked one by one. Returns the config
+    composed from the plain (non-sweep) overrides, with its ``hydra`` node."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    schema_cls = schema_cls if schema_cls is not None else SCHEMAS.get(config_name)
     overrides = overrides_of(argv)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -71,30 +85,178 @@ def check_overrides(config_name: str, argv: Sequence[str]) -> None:
             key = o.input_line.split("=", 1)[0]
             variants += [plain + [f"{key}={v}"] for v in o.sweep_string_iterator()]
     schema.register()
+    composed = []
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
             for v in variants:
-                compose(config_name=config_name, overrides=v, return_hydra_config=True)
+                composed.append(compose(config_name=config_name, overrides=v, return_hydra_config=True))
     except (HydraException, OmegaConfBaseException) as e:
         raise UserError(message(e)) from None
+    if schema_cls is not None:
+        for cfg in composed:
+            schema.check_known_keys(cfg, schema_cls)
+    return composed[0]
 
 
-def hydra_main(prog: str, config_name: str, task: Callable[[Any], Any], argv: Sequence[str] | None = None) -> None:
-    """Run ``task`` as a Hydra app on ``argv`` (default ``sys.argv[1:]``) with nstyle's configs."""
+def quote(value: str) -> str:
+    """``value`` as a quoted Hydra override value that parses back to exactly ``value``
+    (spaces, commas, quotes, non-ASCII). Backslashes need doubling only before a quote or at the end."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value) + "'"
+
+
+def _select(cfg, key: str) -> str:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    HydraConfig.instance().set_config(cfg)  # ${hydra:...} and ${now:...} resolve as in the run
+    return str(OmegaConf.select(cfg, key))
+
+
+def _given(argv: Sequence[str], key: str) -> bool:
+    """Whether the command line sets ``key`` (in any form: ``key=``, ``+key=``, ``++key=``, quoted)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return any(o.key_or_group == key for o in OverridesParser.create().parse_overrides(overrides_of(argv)))
+
+
+def _without(argv: Sequence[str], key: str) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = []
+    for a in argv:
+        if "=" in a and not a.startswith("-"):
+            try:
+                if parser.parse_override(a).key_or_group == key:
+                    continue
+            except Exception:  # noqa: BLE001 -- not an override (a flag's value): keep it
+                pass
+        out.append(a)
+    return out
+
+
+class RunDir:
+    """The directory a command line will run in, created and locked before Hydra starts.
+
+    Run mode: ``hydra.run.dir``; without one on the command line the default
+    (``outputs/<cmd>/<time>``) is made unique (``_2``, ``_3``, ...). Multirun: the same for
+    ``hydra.sweep.dir``. The lock (:mod:`nstyle._rundir`) is held until the command ends.
+    """
+
+    def __init__(self, cfg, argv: Sequence[str], multirun: bool):
+        self.key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        self.multirun = multirun
+        wanted = Path(_select(cfg, self.key)).expanduser()
+        self.explicit = _given(argv, self.key)
+        self.existed = self.explicit and wanted.exists()
+        if self.explicit:
+            self.path = wanted
+        else:
+            try:
+                self.path = _rundir.unique_dir(wanted)
+            except OSError as e:
+                raise _rundir.RunDirError(
+                    f"cannot create {wanted} ({e.strerror or e}); run from a writable folder or give hydra.run.dir=DIR"
+                ) from None
+        try:
+            _rundir.acquire(self.path)
+        except UserError:
+            if not self.existed:
+                _remove_empty(self.path)
+            raise
+        self.subdir = None if multirun else _select(cfg, "hydra.output_subdir")
+        if self.subdir == "None":
+            self.subdir = None
+
+    def hydra_argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` with this directory as Hydra's, quoted; in run mode Hydra writes no
+        ``.hydra/``: the task does (:func:`write_hydra_files`) once its checks have passed."""
+        out = [*_without(argv, self.key), f"{self.key}={quote(str(self.path))}"]
+        if not self.multirun:
+            out = _without(out, "hydra.output_subdir") + ["hydra.output_subdir=null"]
+        return out
+
+    def close(self, failed: bool) -> None:
+        if failed and not self.existed and not self.multirun:
+            _rundir.remove_if_unused(self.path)
+        _rundir.release(self.path)
+
+
+def _remove_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def write_hydra_files(out_dir: str | os.PathLike, cfg) -> None:
+    """Hydra's records of this run (``config.yaml``, ``hydra.yaml``, ``overrides.yaml`` in
+    ``hydra.output_subdir``), written atomically by the task once nothing can refuse the run,
+    so a refused run never replaces the records of the result beside them."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    subdir = os.environ.get(SUBDIR_ENV)
+    if not subdir or not HydraConfig.initialized():
+        return
+    plain = OmegaConf.to_container(HydraConfig.instance().cfg, resolve=False, enum_to_str=True)
+    hydra_cfg = OmegaConf.create({"hydra": {**plain["hydra"], "output_subdir": subdir}})
+    d = Path(out_dir) / subdir
+    _io.write_text(d / "config.yaml", OmegaConf.to_yaml(cfg))
+    _io.write_text(d / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+    _io.write_text(d / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
+
+
+def hydra_main(
+    prog: str,
+    config_name: str,
+    task: Callable[[Any], Any],
+    argv: Sequence[str] | None = None,
+    *,
+    config_dir: Path | None = None,
+    schema_cls: type | None = None,
+    precheck: Callable[[Path, Any, bool], None] | None = None,
+) -> None:
+    """Run ``task`` as a Hydra app on ``argv`` (default ``sys.argv[1:]``) with nstyle's configs.
+
+    Before Hydra starts: the overrides are checked (:func:`check_overrides`), the run (or
+    sweep) directory is created and locked (:class:`RunDir`), and ``precheck(dir, cfg,
+    multirun)`` may refuse it; a refusal is one line, exit status 2, and changes nothing.
+    A run that fails leaves no directory it created holding only Hydra's records.
+    """
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    config_dir = Path(config_dir) if config_dir is not None else conf_dir()
     schema.register()
-    if not any(
-        a in ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in argv
-    ):
+    run_dir = None
+    if not any(a in INFO_FLAGS for a in argv):
+        multirun = "-m" in argv or "--multirun" in argv
         try:
-            check_overrides(config_name, argv)
+            cfg = check_overrides(config_name, argv, config_dir, schema_cls)
+            run_dir = RunDir(cfg, argv, multirun)
         except UserError as e:
             fail(prog, message(e))
+        try:
+            if precheck is not None:
+                precheck(run_dir.path, cfg, multirun)
+        except UserError as e:
+            run_dir.close(failed=True)
+            fail(prog, message(e))
+        argv = run_dir.hydra_argv(argv)
+        if run_dir.subdir is not None:
+            os.environ[SUBDIR_ENV] = run_dir.subdir
     saved = sys.argv
     sys.argv = [saved[0], *argv]
+    failed = True
     try:
-        hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(task)()
+        hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(task)()
+        failed = False
+    except SystemExit as e:
+        failed = e.code not in (0, None)
+        raise
     finally:
         sys.argv = saved
+        if run_dir is not None:
+            os.environ.pop(SUBDIR_ENV, None)
+            run_dir.close(failed)
