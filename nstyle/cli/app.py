@@ -149,6 +149,7 @@ class RunDir:
         wanted = Path(_select(cfg, self.key)).expanduser()
         self.explicit = _given(argv, self.key)
         self.existed = self.explicit and wanted.exists()
+        self.new_parents = [p for p in wanted.absolute().parents if not p.exists()]  # removed again on failure
         if self.explicit:
             self.path = wanted
         else:
@@ -162,7 +163,8 @@ class RunDir:
             _rundir.acquire(self.path)
         except UserError:
             if not self.existed:
-                _remove_empty(self.path)
+                for p in [self.path, *self.new_parents]:
+                    _remove_empty(p)
             raise
         self.subdir = None if multirun else _select(cfg, "hydra.output_subdir")
         if self.subdir == "None":
@@ -177,8 +179,9 @@ class RunDir:
         return out
 
     def close(self, failed: bool) -> None:
-        if failed and not self.existed and not self.multirun:
-            _rundir.remove_if_unused(self.path)
+        if failed and not self.existed and not self.multirun and _rundir.remove_if_unused(self.path):
+            for parent in self.new_parents:
+                _remove_empty(parent)
         _rundir.release(self.path)
 
 
