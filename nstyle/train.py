@@ -362,9 +362,12 @@ def needed_bytes(cfg: TrainConfig, size: int | None = None) -> int:
     content, style = DEFAULT_LAYERS[cfg.loss.network]
     layers = tuple(cfg.loss.content_layers or content) + tuple(cfg.loss.style_layers or style)
     per_device = max(cfg.batch // jax.device_count(), 1)
-    return memory.training_bytes(
+    step = memory.training_bytes(
         size, per_device, cfg.net.width, cfg.net.blocks, layers, cfg.loss.network, cfg.loss.style_size
     )
+    side = cfg.sample_size  # the validation stylisations: a forward pass, no gradients
+    sample = memory.fastnet_activation_bytes(side, side, cfg.net.width, cfg.net.blocks) / memory.BACKWARD_FACTOR
+    return int(max(step, sample))
 
 
 def check_memory(cfg: TrainConfig, budget_bytes: int) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
+
 from nstyle import _io, _rundir
 from nstyle._errors import UserError
 from nstyle.cli import schema
@@ -59,14 +61,36 @@ def overrides_of(argv: Sequence[str]) -> list[str]:
     return out
 
 
+class JobError(CompactHydraException, UserError):
+    """A user error in one job of a Hydra multirun: Hydra marks the job failed, runs the
+    others, exits with status 1 and prints this message (not a traceback)."""
+
+
+def without_hydra(cfg):
+    """A composed config as Hydra hands it to a task: without its ``hydra`` node."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    task_cfg = copy.deepcopy(cfg)
+    with read_write(task_cfg), open_dict(task_cfg):
+        task_cfg.pop("hydra", None)
+    return task_cfg
+
+
 def check_overrides(
-    config_name: str, argv: Sequence[str], config_dir: Path | None = None, schema_cls: type | None = None
+    config_name: str,
+    argv: Sequence[str],
+    config_dir: Path | None = None,
+    schema_cls: type | None = None,
+    validate: Callable[[Any], Any] | None = None,
 ):
     """Compose the config the command line asks for once, before Hydra runs anything, so a
     misspelt key (also one added with ``+key=`` or ``++key=``), a wrong type or a bad group
     choice is a :class:`UserError` (one line, exit status 2) instead of Hydra's report, and
-    nothing is created. Sweep values (``a=1,2``) are checked one by one. Returns the config
-    composed from the plain (non-sweep) overrides, with its ``hydra`` node."""
+    nothing is created. Sweep values (``a=1,2``) are checked one by one, each also by
+    ``validate(cfg)`` (the command's own checks of values). Returns the config composed from
+    the plain (non-sweep) overrides, with its ``hydra`` node."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -91,11 +115,27 @@ def check_overrides(
             for v in variants:
                 composed.append(compose(config_name=config_name, overrides=v, return_hydra_config=True))
     except (HydraException, OmegaConfBaseException) as e:
-        raise UserError(message(e)) from None
-    if schema_cls is not None:
-        for cfg in composed:
+        raise UserError(_composition_message(e, schema_cls)) from None
+    for cfg in composed:
+        if schema_cls is not None:
             schema.check_known_keys(cfg, schema_cls)
+        if validate is not None:
+            validate(cfg)
     return composed[0]
+
+
+def _composition_message(e: Exception, schema_cls: type | None) -> str:
+    """One line for a failed composition: an unknown key lists the valid ones (Hydra's own
+    message suggests ``+key=``, which the schema refuses anyway); a bad value names its key."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    cause = e.__cause__
+    m = re.match(r"Could not override '([^']+)'", message(e))
+    if m and schema_cls is not None and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        return schema.unknown_key_message(m.group(1), schema_cls)
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {message(cause)}"
+    return message(e)
 
 
 def quote(value: str) -> str:
@@ -179,7 +219,7 @@ class RunDir:
         return out
 
     def close(self, failed: bool) -> None:
-        if failed and not self.existed and not self.multirun and _rundir.remove_if_unused(self.path):
+        if failed and not self.existed and _rundir.remove_if_unused(self.path):
             for parent in self.new_parents:
                 _remove_empty(parent)
         _rundir.release(self.path)
@@ -219,6 +259,7 @@ def hydra_main(
     config_dir: Path | None = None,
     schema_cls: type | None = None,
     precheck: Callable[[Path, Any, bool], None] | None = None,
+    validate: Callable[[Any], Any] | None = None,
 ) -> None:
     """Run ``task`` as a Hydra app on ``argv`` (default ``sys.argv[1:]``) with nstyle's configs.
 
@@ -236,7 +277,7 @@ def hydra_main(
     if not any(a in INFO_FLAGS for a in argv):
         multirun = "-m" in argv or "--multirun" in argv
         try:
-            cfg = check_overrides(config_name, argv, config_dir, schema_cls)
+            cfg = check_overrides(config_name, argv, config_dir, schema_cls, validate)
             run_dir = RunDir(cfg, argv, multirun)
         except UserError as e:
             fail(prog, message(e))

@@ -213,7 +213,7 @@ def task(cfg) -> float:
             # an exception (not sys.exit) lets Hydra mark this job failed and run the others;
             # the collector then reports it as failed with this message
             print(f"{PROG}: error: {message(e)}", file=sys.stderr, flush=True)
-            raise UserError(message(e)) from None
+            raise app.JobError(f"{PROG}: error: {message(e)}") from None
         fail(PROG, message(e))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -257,6 +257,11 @@ def precheck(run_dir: Path, cfg, multirun: bool) -> None:
         )
 
 
+def validate(cfg) -> None:
+    """Every value of a composed config (one job of a sweep too), before anything runs."""
+    schema.stylize_settings(app.without_hydra(cfg), schema.Typed.from_overrides(list(cfg.hydra.overrides.task)))
+
+
 def main(cfg: Any = None):
     """Console script. With ``cfg`` (a composed config) it runs :func:`task` and returns the
     final total loss; without, it parses the command line with Hydra (and returns None, so
@@ -264,7 +269,7 @@ def main(cfg: Any = None):
     schema.register()
     if cfg is not None:
         return task(cfg)
-    app.hydra_main(PROG, "config", task, precheck=precheck)
+    app.hydra_main(PROG, "config", task, precheck=precheck, validate=validate)
 
 
 if __name__ == "__main__":

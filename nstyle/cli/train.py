@@ -61,8 +61,13 @@ def task(dcfg) -> float:
     return float(loss)
 
 
+def validate(cfg) -> None:
+    """Every value of a composed config (each job of a sweep), before anything runs."""
+    schema.train_settings(app.without_hydra(cfg), schema.Typed.from_overrides(list(cfg.hydra.overrides.task)))
+
+
 def main(argv: list[str] | None = None) -> None:
-    app.hydra_main(PROG, "train", task, argv)
+    app.hydra_main(PROG, "train", task, argv, validate=validate)
 
 
 if __name__ == "__main__":
