@@ -51,7 +51,9 @@ def run_sweep(
         held = [n for n in published if (dest / n).exists()]
         if held:
             raise UserError(f"{dest} already holds {', '.join(held)}; add --overwrite to replace them")
-    app.check_overrides("config", [f"experiment={name}", *overrides])
+    from nstyle.cli import stylize
+
+    app.check_overrides("config", [f"experiment={name}", *overrides], validate=stylize.validate)
     if args.sweep_dir:
         sweep_dir = Path(args.sweep_dir)
     else:

@@ -6,7 +6,7 @@
 
 A run takes an exclusive ``fcntl.flock`` on ``<dir>/.nstyle.lock`` before it writes anything
 and keeps it until its last write; a second run on the same directory (another process, or
-another thread) is refused at once with one line naming the holder. The lock is the open
+another thread) is refused at once with one line naming the holder's pid. The lock is the open
 file itself, so it ends with the process, also on SIGKILL: a crashed run never leaves a
 stale lock. Holding is re-entrant in one thread (the command line takes the lock before
 Hydra starts, the library functions it then calls take it again).
@@ -22,10 +22,8 @@ import contextlib
 import fcntl
 import os
 import shutil
-import socket
 import tempfile
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -97,16 +95,30 @@ def acquire(directory: str | os.PathLike) -> Path:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            holder = _holder(fd)
             os.close(fd)
             raise RunDirError(
-                f"{directory} is in use by another run ({holder}); wait for it to finish or choose another "
+                f"{directory} is in use by another run{holder}; wait for it to finish or choose another "
                 f"directory (hydra.run.dir=DIR)"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
         _held[key] = _Held(fd, me)
     return directory
+
+
+def _holder(fd: int) -> str:
+    """ " (pid N)" of the process holding the flock on ``fd``'s file, from /proc/locks (Linux);
+    "" where that cannot be told. The lock file itself is never written: a refused run
+    changes nothing."""
+    inode = os.fstat(fd).st_ino
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
+                    return f" (pid {parts[4]})"
+    except OSError:
+        pass
+    return ""
 
 
 def release(directory: str | os.PathLike) -> None:

@@ -199,6 +199,12 @@ class RunDir:
                 raise _rundir.RunDirError(
                     f"cannot create {wanted} ({e.strerror or e}); run from a writable folder or give hydra.run.dir=DIR"
                 ) from None
+        self.subdir = None if multirun else _select(cfg, "hydra.output_subdir")
+        if self.subdir == "None":
+            self.subdir = None
+
+    def lock(self) -> None:
+        """Take the directory's lock (:func:`nstyle._rundir.acquire`), creating it if needed."""
         try:
             _rundir.acquire(self.path)
         except UserError:
@@ -206,9 +212,6 @@ class RunDir:
                 for p in [self.path, *self.new_parents]:
                     _remove_empty(p)
             raise
-        self.subdir = None if multirun else _select(cfg, "hydra.output_subdir")
-        if self.subdir == "None":
-            self.subdir = None
 
     def hydra_argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` with this directory as Hydra's, quoted; in run mode Hydra writes no
@@ -219,6 +222,8 @@ class RunDir:
         return out
 
     def close(self, failed: bool) -> None:
+        """Give the lock back; after a failure remove the directory if this run created it and
+        left nothing of its own there (only Hydra's records and logs)."""
         if failed and not self.existed and _rundir.remove_if_unused(self.path):
             for parent in self.new_parents:
                 _remove_empty(parent)
@@ -279,11 +284,14 @@ def hydra_main(
         try:
             cfg = check_overrides(config_name, argv, config_dir, schema_cls, validate)
             run_dir = RunDir(cfg, argv, multirun)
+            if precheck is not None and run_dir.existed:
+                precheck(run_dir.path, cfg, multirun)  # read-only: a refused run does not even lock
+            run_dir.lock()
         except UserError as e:
             fail(prog, message(e))
         try:
             if precheck is not None:
-                precheck(run_dir.path, cfg, multirun)
+                precheck(run_dir.path, cfg, multirun)  # again, now that no other run can write there
         except UserError as e:
             run_dir.close(failed=True)
             fail(prog, message(e))

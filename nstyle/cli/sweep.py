@@ -245,6 +245,7 @@ def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) 
     members = expand(sweeps)
     groups = group_members(members)
     sweep = app.RunDir(base, argv, multirun=True)
+    sweep.lock()
     failed = True
     try:
         sweep_dir = sweep.path
