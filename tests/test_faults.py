@@ -481,16 +481,14 @@ def test_unwritable_run_directory_is_one_line_before_any_work(tmp_path, env, pho
         (d / "checkpoints").chmod(0o755)
 
 
-def test_unwritable_output_of_apply(tmp_path, trained, env, unprivileged):
+def test_unwritable_output_of_apply(tmp_path, trained, photos, env, unprivileged):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
     try:
         for out in (ro / "out.png", ro / "sub" / "out.png"):
-            p = run(
-                "nstyle-apply", f"model={trained / 'model.npz'}", "input=builtin:chelsea", f"output={out}", env=env,
-                preexec_fn=unprivileged,
-            )  # fmt: skip
+            args = [f"model={trained / 'model.npz'}", f"input={photos / 'chelsea.png'}", f"output={out}"]
+            p = run("nstyle-apply", *args, env=env, preexec_fn=unprivileged)
             assert f"cannot write to {ro}" in one_line_error(p, "nstyle-apply")
         assert os.listdir(ro) == []
     finally:
@@ -537,7 +535,11 @@ def test_every_user_error_is_one_line_and_changes_nothing(tmp_path, trained, pho
         ("nstyle-stylize", [*TINY, "stylse=x"], "unknown key 'stylse'; valid keys here: content, style"),
         ("nstyle-sweep", [*TINY, "size=100000"], "would fit"),
         ("nstyle-sweep", [*TINY, "loss.beta=1,-1"], "got -1"),
-        ("nstyle-apply", [f"model={nan_model}", "input=builtin:chelsea", f"output={tmp_path / 'o.png'}"], "NaN"),
+        (
+            "nstyle-apply",
+            [f"model={nan_model}", f"input={photos / 'chelsea.png'}", f"output={tmp_path / 'o.png'}"],
+            "NaN",
+        ),
     ]
     for script, args, expected in cases:
         p = run(script, *args, env=env, cwd=tmp_path)
@@ -639,3 +641,17 @@ def test_files_get_the_usual_mode(tmp_path):
         os.umask(old)
     for p in [path, *s.files.values()]:
         assert oct(p.stat().st_mode & 0o777) == "0o644", p
+
+
+def test_sweeps_exit_1_when_a_job_failed_without_a_traceback(tmp_path, env):
+    sweep = tmp_path / "sweep"
+    p = run("nstyle-stylize", "-m", *TINY, "style=builtin:ihc,missing.png", f"hydra.sweep.dir={sweep}", env=env)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "nstyle-stylize: error: missing.png: no such file" in p.stderr
+    assert (sweep / "debug=tiny,style=builtin_:ihc" / "result.png").exists()  # the good job still ran
+    p = subprocess.run(
+        [sys.executable, "-m", "experiments.ablations", "pooling", *TINY, "style=missing.png", "--no-eval"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "2 failed" in p.stdout
