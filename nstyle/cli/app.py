@@ -3,6 +3,13 @@
 The configs live in ``conf/`` at the top of the repository; the wheel ships the same files
 as ``nstyle/conf/`` (package data). :func:`conf_dir` finds them either way, so the commands
 work from any folder, installed editable or not.
+
+:func:`hydra_main` starts a command line in this order, so that nothing is created or
+changed by a run that is refused: compose the config once and check every key and value
+(:func:`check_overrides`, ``+key=`` included); create the run (or sweep) directory, unique
+unless given (:class:`RunDir`); check it (``precheck``) and lock it; only then hand over to
+Hydra, which in run mode writes no ``.hydra/`` (the task writes it with
+:func:`write_hydra_files` once its own checks passed).
 """
 
 from __future__ import annotations
