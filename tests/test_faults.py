@@ -6,7 +6,6 @@ exit status 2 (no traceback), nothing half-written is left, and no earlier resul
 (each hashes the files before and after).
 """
 
-import ctypes
 import hashlib
 import json
 import os
@@ -57,15 +56,9 @@ def trained(tmp_path_factory, photos, env):
     return d
 
 
-def run(script, *args, env, cwd=None, timeout=600, preexec_fn=None):
+def run(script, *args, env, cwd=None, timeout=600, prefix=()):
     return subprocess.run(
-        [str(BIN / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=cwd,
-        preexec_fn=preexec_fn,
+        [*prefix, str(BIN / script), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
     )
 
 
@@ -113,24 +106,28 @@ def wait_for_lock(d: Path, proc, timeout=120):
     raise AssertionError("the first run never took the lock")
 
 
-def _drop_dac_capabilities():
-    """In the child, before exec: leave the capabilities that let root write anywhere
-    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) out of the bounding set, so the program runs as
-    root that file permissions apply to, like any user (the tests run as root)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            os._exit(97)
+# Runs the rest of its command line without the capabilities that let root write anywhere
+# (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH; dropped from the bounding set, then exec), so file
+# permissions apply to it as to any user: the tests run as root.
+DROP_DAC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for cap in (1, 2):
+    if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+        sys.exit(97)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
 
 
 @pytest.fixture
 def unprivileged():
+    """A command prefix that runs a program as a user that permissions apply to."""
     if os.geteuid() != 0:
-        return None  # already a user that permissions apply to
-    probe = subprocess.run(["true"], preexec_fn=_drop_dac_capabilities)
-    if probe.returncode != 0:
+        return ()
+    prefix = (sys.executable, "-c", DROP_DAC)
+    if subprocess.run([*prefix, "/bin/true"]).returncode != 0:
         pytest.skip("cannot drop CAP_DAC_OVERRIDE here")
-    return _drop_dac_capabilities
+    return prefix
 
 
 # ----------------------------------------------------------------------------- run directories
@@ -457,11 +454,11 @@ def test_unwritable_run_directory_is_one_line_before_any_work(tmp_path, env, pho
     (ro / "existing").chmod(0o555)
     try:
         for target in (ro / "new", ro / "existing"):
-            p = run("nstyle-stylize", *TINY, f"hydra.run.dir={target}", env=env, preexec_fn=unprivileged)
+            p = run("nstyle-stylize", *TINY, f"hydra.run.dir={target}", env=env, prefix=unprivileged)
             assert f"cannot write to {target}" in one_line_error(p, "nstyle-stylize")
         p = run(
             "nstyle-train", *TRAIN_DEBUG, f"data={photos}", f"hydra.run.dir={ro / 'existing'}", env=env,
-            preexec_fn=unprivileged,
+            prefix=unprivileged,
         )  # fmt: skip
         assert "cannot write to" in one_line_error(p, "nstyle-train")
         assert sorted(os.listdir(ro)) == ["existing"] and os.listdir(ro / "existing") == []
@@ -473,7 +470,7 @@ def test_unwritable_run_directory_is_one_line_before_any_work(tmp_path, env, pho
     (d / "checkpoints").mkdir(parents=True)
     (d / "checkpoints").chmod(0o555)
     try:
-        p = run("nstyle-train", *TRAIN_DEBUG, f"data={photos}", f"hydra.run.dir={d}", env=env, preexec_fn=unprivileged)
+        p = run("nstyle-train", *TRAIN_DEBUG, f"data={photos}", f"hydra.run.dir={d}", env=env, prefix=unprivileged)
         assert f"cannot write to {d / 'checkpoints'}" in one_line_error(p, "nstyle-train")
         assert set(os.listdir(d)) <= {".nstyle.lock", "checkpoints", "train.log"}  # Hydra's log: empty
         assert not (d / "train.log").exists() or (d / "train.log").stat().st_size == 0
@@ -488,7 +485,7 @@ def test_unwritable_output_of_apply(tmp_path, trained, photos, env, unprivileged
     try:
         for out in (ro / "out.png", ro / "sub" / "out.png"):
             args = [f"model={trained / 'model.npz'}", f"input={photos / 'chelsea.png'}", f"output={out}"]
-            p = run("nstyle-apply", *args, env=env, preexec_fn=unprivileged)
+            p = run("nstyle-apply", *args, env=env, prefix=unprivileged)
             assert f"cannot write to {ro}" in one_line_error(p, "nstyle-apply")
         assert os.listdir(ro) == []
     finally:
