@@ -233,9 +233,16 @@ def make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str = "pl
     return _make_step(loss, dataclasses.replace(optim, steps=0), memory, tile)
 
 
-@functools.lru_cache(maxsize=32)
-def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str, tile: int | None):
-    opt = make_optimizer(optim)
+def _image_update(
+    loss: losses.PerceptualLoss,
+    optim: OptimConfig,
+    opt: optax.GradientTransformationExtraArgs,
+    memory: str = "plain",
+    tile: int | None = None,
+):
+    """``one_image(x, opt_state, scale, targets, weights, params)``: one optimiser iteration of
+    ONE image (H, W, 3) -> ``(new x, new opt_state, loss, aux, evals, reset)``; the step vmaps it.
+    ``memory``/``tile``: how the VGG passes keep their activations (:data:`nstyle.vgg.MEMORY_MODES`)."""
 
     def image_loss(x, params, targets, weights):
         """Loss of ONE image: (H, W, 3) -> ((), aux of ()); targets/weights without the batch axis."""
@@ -267,6 +274,15 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str, til
         if optim.project:
             x = jnp.clip(x, 0.0, 1.0)
         return x, opt_state, value, aux, evals, reset
+
+    return one_image
+
+
+@functools.lru_cache(maxsize=32)
+def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str, tile: int | None):
+    opt = make_optimizer(optim)
+
+    one_image = _image_update(loss, optim, opt, memory, tile)
 
     @_xla.jit
     def init(images: jax.Array) -> StepState:

@@ -56,8 +56,7 @@ class TransferSettings:
             )
 
 
-class MemoryBudgetError(UserError):
-    """The run would not fit in the memory available; the message names a size that would."""
+MemoryBudgetError = memory.MemoryBudgetError
 
 
 @dataclasses.dataclass
@@ -127,6 +126,19 @@ def _estimate_kwargs(s: TransferSettings) -> dict:
         "history": s.optim.memory,
         "content_layers": s.loss.content_layers if s.loss.uses_content else (),
     }
+
+
+def needed_bytes(s: TransferSettings, inputs: Inputs, batch: int = 1) -> int:
+    """Estimated peak memory of the largest stage in the fastest mode ``s`` allows (plain under
+    ``auto``), style images' forward passes included: what a batch of ``batch`` needs without a
+    memory remedy (:func:`plan_stages` picks one when it must)."""
+    mode = "plain" if s.memory_mode == "auto" else s.memory_mode
+    size = s.sizes[-1]
+    h, w = stage_shape(inputs, size)
+    need = memory.estimate(h, w, s.loss.layers, s.arch, batch, mode, **_estimate_kwargs(s))
+    for x in inputs.styles:
+        need = max(need, memory.forward_bytes(*style_shape(s, x, size), s.loss.layers, s.arch, mode))
+    return need
 
 
 def plan_stages(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: int = 1) -> list[memory.Plan]:
