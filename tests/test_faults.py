@@ -599,10 +599,13 @@ def test_batched_sweep_splits_a_batch_that_does_not_fit(tmp_path, monkeypatch):
     from nstyle.cli import schema
 
     s = schema.stylize_settings(cfgs[0])
-    one = transfer.needed_bytes(s, transfer.load_inputs(s), batch=1)
-    monkeypatch.setattr(sweep.memory, "available_bytes", lambda: int(2.5 * one))
+    one, two = (transfer.needed_bytes(s, transfer.load_inputs(s), batch=b) for b in (1, 2))
+    monkeypatch.setattr(sweep.memory, "available_bytes", lambda: two)
     assert sweep.batch_that_fits(cfgs) == 2
-    monkeypatch.setattr(sweep.memory, "available_bytes", lambda: one // 2)
+    # half of what one image needs beyond the runtime (which the estimate counts once)
+    monkeypatch.setattr(
+        sweep.memory, "available_bytes", lambda: sweep.memory.BASE_BYTES + (one - sweep.memory.BASE_BYTES) // 2
+    )
     with pytest.raises(transfer.MemoryBudgetError, match="would fit"):
         sweep.batch_that_fits(cfgs)
 

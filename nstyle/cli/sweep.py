@@ -225,8 +225,10 @@ def batch_that_fits(cfgs: list) -> int:
     budget = int(max_gb * 2**30) if max_gb is not None else memory.available_bytes()
     inputs = transfer.load_inputs(s0)
     transfer.check_sizes(s0, inputs, budget, batch=1)
-    per_image = transfer.needed_bytes(s0, inputs, batch=1)
-    return max(1, min(len(cfgs), budget // max(per_image, 1)))
+    n = len(cfgs)  # the runtime and weights are shared by the batch: only the images' part grows with it
+    while n > 1 and transfer.needed_bytes(s0, inputs, batch=n) > budget:
+        n -= 1
+    return n
 
 
 def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) -> tuple[Path, int]:
