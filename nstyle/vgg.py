@@ -49,7 +49,19 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # torchvision: RGB in [0, 1], then (x - mean) / std
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
-POOLINGS = ("max", "avg")
+# avg_rescaled: average pooling times AVG_POOL_SCALE, which keeps the activations the size they
+# have with max pooling (averages are smaller than maxima, and the gap compounds with depth)
+POOLINGS = ("max", "avg", "avg_rescaled")
+PADDINGS = ("zero", "reflect", "replicate")  # of every 3×3 convolution's input, one pixel wide
+_PAD_MODE = {"reflect": "reflect", "replicate": "edge"}
+# Multiplier of each of the five average poolings for avg_rescaled: the ratio of the mean
+# activation after max pooling to that after average pooling at that stage, the earlier stages
+# already rescaled (tools/pool_scale.py; mean over builtin astronaut, chelsea, coffee and
+# rocket at 256 px).
+AVG_POOL_SCALE = {
+    "vgg19": (1.248, 1.701, 1.496, 2.154, 1.92),
+    "vgg16": (1.572, 1.978, 2.115, 2.138, 1.953),
+}
 
 
 @struct.dataclass
@@ -118,15 +130,28 @@ def preprocess(images: jax.Array, preprocessing: str) -> jax.Array:
     raise ValueError(f"unknown preprocessing '{preprocessing}' (expected 'caffe' or 'torchvision')")
 
 
-def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, backward_kernel: jax.Array | None = None) -> jax.Array:
-    """3×3 convolution, stride 1, zero padding 1, + bias: (B, H, W, C_in) -> (B, H, W, C_out).
+def _conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    backward_kernel: jax.Array | None = None,
+    padding: str = "zero",
+) -> jax.Array:
+    """3×3 convolution, stride 1, padding 1 (``zero``, ``reflect`` or ``replicate``), + bias:
+    (B, H, W, C_in) -> (B, H, W, C_out).
 
-    ``backward_kernel``: the kernel of the input gradient, precomputed (:func:`with_backward_kernels`).
+    ``backward_kernel``: the kernel of the input gradient, precomputed (:func:`with_backward_kernels`);
+    used with zero padding (the others pad explicitly and leave the gradient to autodiff).
     """
     if x.shape[-1] <= 4:  # conv1_1 (RGB in): one (B·H·W, 27) × (27, 64) matmul on the 9 shifted copies
-        return _conv_im2col(x, kernel, bias)
+        return _conv_im2col(x, kernel, bias, padding)
     kernel = kernel.astype(x.dtype)
-    if backward_kernel is None:
+    if padding != "zero":
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=_PAD_MODE[padding])  # (B, H+2, W+2, C_in)
+        y = jax.lax.conv_general_dilated(
+            xp, kernel, window_strides=(1, 1), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    elif backward_kernel is None:
         y = _lax_conv(x, kernel)
     else:
         y = _conv_given_backward(x, kernel, backward_kernel.astype(x.dtype))
@@ -210,7 +235,7 @@ def with_backward_kernels(params: VGGParams, layers: Iterable[str] | None = None
     )
 
 
-def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str = "zero") -> jax.Array:
     """The same convolution as a matmul over explicit 3×3 patches.
 
     For 3 input channels a convolution has little work per output and runs at a fraction of the
@@ -219,7 +244,8 @@ def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     up to float32 summation order.
     """
     b, h, w, c = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    pad = ((0, 0), (1, 1), (1, 1), (0, 0))
+    xp = jnp.pad(x, pad) if padding == "zero" else jnp.pad(x, pad, mode=_PAD_MODE[padding])
     patches = jnp.concatenate(
         [xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1
     )  # (B, H, W, 9C)
@@ -227,23 +253,30 @@ def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     return jnp.einsum("bhwk,ko->bhwo", patches, k, precision=jax.lax.Precision.HIGHEST) + bias.astype(x.dtype)
 
 
-def _pool(x: jax.Array, pooling: str) -> jax.Array:
+def _pool(x: jax.Array, pooling: str, scale: float = 1.0) -> jax.Array:
     window, strides = (1, 2, 2, 1), (1, 2, 2, 1)
     if pooling == "max":
         return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, "VALID")
     if pooling == "avg":
         return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "VALID") * 0.25
+    if pooling == "avg_rescaled":
+        return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "VALID") * (0.25 * scale)
     raise ValueError(f"unknown pooling '{pooling}' (expected one of {', '.join(POOLINGS)})")
 
 
-def features(params: VGGParams, images: jax.Array, layers: Sequence[str], pooling: str = "max") -> dict[str, jax.Array]:
+def features(
+    params: VGGParams, images: jax.Array, layers: Sequence[str], pooling: str = "max", padding: str = "zero"
+) -> dict[str, jax.Array]:
     """Responses of the named ``layers`` for RGB ``images`` in [0, 1].
 
     Args:
       params: weights from :func:`nstyle.weights.load`.
       images: (B, H, W, 3) RGB in [0, 1].
       layers: names such as ``("conv1_1", "relu4_2", "pool3")``; static under jit.
-      pooling: ``"max"`` (the trained network) or ``"avg"`` (Gatys et al.'s recommendation).
+      pooling: ``"max"`` (the trained network), ``"avg"`` (Gatys et al.'s recommendation) or
+        ``"avg_rescaled"`` (average pooling scaled to max pooling's activation sizes).
+      padding: of the convolutions' inputs: ``"zero"`` (the trained network), ``"reflect"``
+        or ``"replicate"`` (no dark frame for the borders to imitate).
 
     Returns:
       ``{name: (B, h, w, C)}`` keyed by the names exactly as given.
@@ -252,6 +285,8 @@ def features(params: VGGParams, images: jax.Array, layers: Sequence[str], poolin
         raise ValueError(f"images must be (B, H, W, 3) RGB, got shape {tuple(images.shape)}")
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling '{pooling}' (expected one of {', '.join(POOLINGS)})")
+    if padding not in PADDINGS:
+        raise ValueError(f"unknown padding '{padding}' (expected one of {', '.join(PADDINGS)})")
     layers = tuple(layers)
     if not layers:
         return {}
@@ -263,11 +298,14 @@ def features(params: VGGParams, images: jax.Array, layers: Sequence[str], poolin
     out: dict[str, jax.Array] = {}
     for stage in stage_order(params.arch):
         if stage.startswith("pool"):
-            x = _pool(x, pooling)  # (B, h/2, w/2, C)
+            x = _pool(x, pooling, AVG_POOL_SCALE[params.arch][int(stage[4]) - 1])  # (B, h/2, w/2, C)
         else:
             p = params.convs[stage]
             kt = params.backward_kernels.get(stage) if params.backward_kernels is not None else None
-            x = jax.nn.relu(_conv(x, p["kernel"], p["bias"], kt))  # (B, h, w, C_out)
+            if padding == "zero":
+                x = jax.nn.relu(_conv(x, p["kernel"], p["bias"], kt))  # (B, h, w, C_out)
+            else:
+                x = jax.nn.relu(_conv(x, p["kernel"], p["bias"], padding=padding))
         for name in wanted.get(stage, ()):
             out[name] = x
         if stage == last:
