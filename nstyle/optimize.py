@@ -31,6 +31,8 @@ Design (see also ``make_step``):
   finite loss; with L-BFGS nearly always the last one evaluated), and its reported loss terms
   are those evaluated at it: no extra evaluation after the loop. The N-th step's proposal,
   never evaluated, is dropped, as a step that blew up or went NaN would have to be.
+  With ``OptimConfig.average`` set, the result is instead the exponential moving average of
+  the evaluated iterates (bias-corrected, as Adam's moments), evaluated once after the loop.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class OptimConfig:
       max_linesearch_steps: cap on the zoom line search's evaluations per iteration.
       project: clip the image to [0, 1] after every step (sound for Adam; spoils L-BFGS's
         curvature pairs). Otherwise pixels are free during the run and clipped at the end.
+      average: ``None``, or the decay d of an exponential moving average of the evaluated
+        iterates, x̄ ← d x̄ + (1 − d) x (bias-corrected), returned as the result: the average of
+        roughly the last 1/(1 − d) iterates, which smooths the noise of Adam's last steps.
     """
 
     name: str = "lbfgs"
@@ -78,6 +83,7 @@ class OptimConfig:
     linesearch: str = "none"
     max_linesearch_steps: int = 20
     project: bool = False
+    average: float | None = None
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -92,6 +98,8 @@ class OptimConfig:
             raise ValueError(f"L-BFGS memory must be >= 1, got {self.memory}")
         if self.max_linesearch_steps < 1:
             raise ValueError(f"max_linesearch_steps must be >= 1, got {self.max_linesearch_steps}")
+        if self.average is not None and not 0 <= self.average < 1:
+            raise ValueError(f"average (the decay of the iterate average) must be in [0, 1), got {self.average}")
 
     @property
     def learning_rate(self) -> float:
@@ -147,6 +155,8 @@ class StepState(NamedTuple):
     scale: jax.Array  # (B,) step scale: 1, halved at each restart after a blow-up
     alive: jax.Array  # (B,) bool: False once an image's loss became NaN/inf (then it is frozen)
     step: jax.Array  # () int32 iterations done
+    # OptimConfig.average: (Σ_t d^(T−t) (1 − d) x_t (B, H, W, 3), Σ_t d^(T−t) (1 − d) (B,)), else None
+    average: Any = None
 
 
 def loss_weights(
@@ -235,6 +245,9 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
     @_xla.jit
     def init(images: jax.Array) -> StepState:
         b = images.shape[0]
+        average = None
+        if optim.average is not None:
+            average = (jnp.zeros_like(images), jnp.zeros((b,), images.dtype))
         return StepState(
             image=images,
             opt_state=jax.vmap(opt.init)(images),
@@ -243,6 +256,7 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
             scale=jnp.ones((b,), jnp.float32),
             alive=jnp.ones((b,), bool),
             step=jnp.asarray(0, jnp.int32),
+            average=average,
         )
 
     @_xla.jit
@@ -262,6 +276,14 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
 
         good = pick(improved, state.image, state.good)
         fresh = jax.vmap(opt.init)(good)  # no memory: the restart's first step is a scaled gradient step
+        average = state.average
+        if average is not None:  # the evaluated iterate joins the average unless it blew up
+            d = optim.average
+            total, weight = average
+            average = (
+                pick(accept, d * total + (1 - d) * state.image, total),
+                jnp.where(accept, d * weight + (1 - d), weight),
+            )
         new_state = StepState(
             image=pick(accept, new_x, good),  # restarted or frozen images go back to the best one
             opt_state=jax.tree.map(
@@ -272,6 +294,7 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
             scale=jnp.where(blowup, 0.5 * state.scale, state.scale),
             alive=ok,
             step=state.step + 1,
+            average=average,
         )
         metrics = {
             "loss": value,
@@ -314,11 +337,16 @@ def prepare_targets(
     styles: Sequence[Any],
     style_blend: Sequence[float] | None,
     batch: int,
+    masks: Any = None,
+    style_masks: Sequence[Any] | None = None,
 ) -> losses.Targets:
-    """Content responses and blended style Gram matrices, each leaf with a leading (B,) axis.
+    """Content responses and blended style statistics, each leaf with a leading (B,) axis.
 
     ``content`` is (H, W, 3), (B, H, W, 3) or None (then α must be 0); ``styles`` a list of
-    (h, w, 3) images, each at its own size (empty when β is 0).
+    (h, w, 3) images, each at its own size (empty when β is 0). Spatial control: ``masks``
+    (K, H, W), one region of the output per style image, values in [0, 1]; then style k
+    applies in region k only and the styles are not blended. ``style_masks``: per style
+    image None or an (h, w) region of it that its statistics are taken over.
     """
     check_layers(loss, params.arch)
     if loss.uses_content and content is None:
@@ -336,11 +364,43 @@ def prepare_targets(
         content = np.asarray(content, np.float32)
         content = content[None] if content.ndim == 3 else content  # (B|1, H, W, 3)
         c = _content_targets(params, content, loss)
-    s = {}
+    s, layer_masks = {}, None
+    smasks = None
+    if style_masks is not None:
+        if len(style_masks) != len(styles):
+            raise ValueError(f"{len(styles)} style images but {len(style_masks)} style masks")
+        smasks = tuple(None if m is None else _mask_array(m, np.shape(img)[:2], "style mask") for m, img in
+                       zip(style_masks, styles))  # fmt: skip
+    if masks is not None and loss.uses_style:
+        masks = np.asarray(masks, np.float32)
+        if masks.ndim != 3 or masks.shape[0] != len(styles):
+            raise ValueError(f"{len(styles)} style images need {len(styles)} masks (K, H, W), got shape {masks.shape}")
+        shape = tuple(np.shape(content)[-3:-1]) if content is not None else masks.shape[1:]
+        _mask_array(masks[0], shape, "mask")
+        if not np.all((masks >= 0) & (masks <= 1)):
+            raise ValueError("mask values must lie in [0, 1]")
+        layer_masks = {
+            k: jnp.asarray(v)
+            for k, v in losses.layer_masks(
+                np.moveaxis(masks, 0, -1)[None], loss.style_layers, params.arch, loss.pooling
+            ).items()
+        }  # fmt: skip  {layer: (1, h, w, K)}
     if loss.uses_style:
         blend = losses.blend_weights(style_blend, len(styles))
-        s = _style_targets(params, tuple(np.asarray(img, np.float32)[None] for img in styles), blend, loss)
-    return _broadcast_targets(losses.Targets(content=c, style=s), batch)
+        images_ = tuple(np.asarray(img, np.float32)[None] for img in styles)
+        if smasks is None and layer_masks is None:
+            s = _style_targets(params, images_, blend, loss)
+        else:
+            s = _style_targets_masked(params, images_, blend, smasks, layer_masks is not None, loss)
+    return _broadcast_targets(losses.Targets(content=c, style=s, masks=layer_masks), batch)
+
+
+def _mask_array(mask: Any, shape: tuple[int, int], what: str) -> np.ndarray:
+    """A mask as (1, h, w) float32, checked to have the ``shape`` of the image it belongs to."""
+    m = np.asarray(mask, np.float32)
+    if m.shape != tuple(shape):
+        raise ValueError(f"{what} has shape {m.shape}, expected {tuple(shape)} (that of its image)")
+    return m[None]
 
 
 # The targets are computed once per run, each by one compiled call, down to the blend of
@@ -353,6 +413,11 @@ def _content_targets(params, content, loss):
 @_xla.jit(static_argnums=3)
 def _style_targets(params, images, blend, loss):
     return losses.style_targets(params, list(images), loss, blend)
+
+
+@_xla.jit(static_argnums=(4, 5))
+def _style_targets_masked(params, images, blend, masks, separate, loss):
+    return losses.style_targets(params, list(images), loss, blend, masks=masks, separate=separate)
 
 
 def initial_images(
@@ -411,6 +476,7 @@ class BatchResult:
     wall_s: float  # iterations only, compile excluded
     restarts: np.ndarray = None  # (B,) restarts after a blow-up (see RESTART_FACTOR)
     resets: np.ndarray = None  # (B,) L-BFGS memory drops after an uphill direction
+    opt_state: Any = None  # the optimiser's state after the last step (leaves (B, ...)), for carry_state
 
     @property
     def evals_per_iter(self) -> np.ndarray:
@@ -432,6 +498,7 @@ class Result:
     wall_s: float
     restarts: int = 0  # restarts after a blow-up (see RESTART_FACTOR)
     resets: int = 0  # L-BFGS memory drops after an uphill direction
+    opt_state: Any = None  # the optimiser's state after the last step (leaves (1, ...)), for carry_state
 
     @property
     def evals_per_iter(self) -> float:
@@ -456,6 +523,9 @@ def stylize_batch(
     key: jax.Array | None = None,
     optim: OptimConfig = OptimConfig(),
     callback: Callback | None = None,
+    masks: Any = None,
+    style_masks: Sequence[Any] | None = None,
+    opt_state: Any = None,
 ) -> BatchResult:
     """Optimise B images at once, each independently, with per-image loss weights.
 
@@ -474,18 +544,29 @@ def stylize_batch(
       optim: the optimiser.
       callback: called after every iteration as ``callback(i, state, metrics)`` with numpy
         metrics; returning True stops the run (``stopped_reason="callback"``).
+      masks: spatial control, (K, H, W) in [0, 1]: style image k applies in region k of the
+        output only (see :func:`prepare_targets`); ``style_blend`` is then unused.
+      style_masks: per style image None or an (h, w) region of it to take its style from.
+      opt_state: the optimiser's state to start from (leaves (B, ...)), e.g. the previous
+        stage's carried over by :func:`carry_state`; default a fresh one.
 
     A KeyboardInterrupt stops the loop and returns what was reached
     (``stopped_reason="interrupted"``).
     """
     batch, shape = _batch_and_shape(content, weights, batch, shape)
     w = loss_weights(loss, batch, weights)
-    targets = prepare_targets(params, loss, content, styles, style_blend, batch)
+    targets = prepare_targets(params, loss, content, styles, style_blend, batch, masks, style_masks)
     params = vgg.with_backward_kernels(params, loss.layers)  # once per run, not in every step's backward pass
     x0 = initial_images(init, shape, batch, key, content=content, styles=styles)
 
     init_fn, step_fn = make_step(loss, optim)
     state = init_fn(x0)
+    if opt_state is not None:
+        if jax.tree.structure(opt_state) != jax.tree.structure(state.opt_state) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(opt_state), jax.tree.leaves(state.opt_state))
+        ):
+            raise ValueError("opt_state does not fit this optimiser and image shape; see carry_state")
+        state = state._replace(opt_state=opt_state)
     t0 = time.perf_counter()
     step_fn.lower(state, params, targets, w).compile()  # compile once, timed on its own; jit reuses it
     compile_s = time.perf_counter() - t0
@@ -493,7 +574,10 @@ def stylize_batch(
     t0 = time.perf_counter()
     state, loop = _run_loop(step_fn, state, (params, targets, w), optim.steps, callback)
     wall_s = time.perf_counter() - t0
-    images, final, diverged = _best_iterates(state, loop.history, lambda x: make_evaluate(loss)(x, params, targets, w))
+    evaluate = lambda x: make_evaluate(loss)(x, params, targets, w)  # noqa: E731
+    images, final, diverged = _best_iterates(state, loop.history, evaluate)
+    if state.average is not None:
+        images, final = _averaged(state, images, final, evaluate)
     reason = loop.reason
     if reason == "steps" and diverged.all() and optim.steps > 0:
         reason = "nonfinite"
@@ -509,7 +593,45 @@ def stylize_batch(
         wall_s=wall_s,
         restarts=loop.restarts,
         resets=loop.resets,
+        opt_state=state.opt_state,
     )
+
+
+def _averaged(state: StepState, best: np.ndarray, best_final: dict, evaluate):
+    """The iterate average as the result, with its loss terms evaluated (one evaluation): per
+    image, unless no iterate entered the average or its loss is not finite (then the best
+    iterate stays). Returns ``(images (B, H, W, 3), final {term: (B,)})``."""
+    total, weight = (np.asarray(a) for a in state.average)
+    have = weight > 0  # (B,)
+    if not have.any():
+        return best, best_final
+    mean = total / np.where(have, weight, 1.0)[:, None, None, None]  # (B, H, W, 3) bias-corrected
+    value, aux = evaluate(jnp.asarray(mean))
+    terms = {"loss": np.asarray(value, np.float64), **{k: np.asarray(v, np.float64) for k, v in aux.items()}}
+    use = have & np.isfinite(terms["loss"])
+    images = np.where(use[:, None, None, None], np.clip(mean, 0.0, 1.0), best).astype(np.float32)
+    final = {k: np.where(use, terms[k], v) if k in terms else v for k, v in best_final.items()}
+    return images, final
+
+
+def carry_state(optim: OptimConfig, opt_state: Any, shape: tuple[int, int]) -> Any:
+    """The optimiser's state of one stage for the next, larger one, or None to start afresh.
+
+    Adam's moments are images (B, H, W, 3) like the pixels: resized (bilinear) to ``shape``,
+    its step count kept, so the next stage goes on at the pace it had. L-BFGS's memory holds
+    differences of iterates and gradients at the old size, which no resize turns into
+    curvature pairs of the new one: it restarts (None).
+    """
+    if optim.name != "adam" or opt_state is None:
+        return None
+
+    def resize(a):
+        a = jnp.asarray(a)
+        if a.ndim == 4:  # (B, H, W, 3)
+            return jax.image.resize(a, (a.shape[0], *shape, a.shape[-1]), "linear")
+        return a
+
+    return jax.tree.map(resize, opt_state)
 
 
 def _batch_and_shape(content, weights, batch, shape) -> tuple[int, tuple[int, int]]:
@@ -602,6 +724,9 @@ def stylize(
     key: jax.Array | None = None,
     optim: OptimConfig = OptimConfig(),
     callback: Callback | None = None,
+    masks: Any = None,
+    style_masks: Sequence[Any] | None = None,
+    opt_state: Any = None,
 ) -> Result:
     """Optimise one image; see :func:`stylize_batch` for the arguments.
 
@@ -622,6 +747,9 @@ def stylize(
         key=key,
         optim=optim,
         callback=callback,
+        masks=masks,
+        style_masks=style_masks,
+        opt_state=opt_state,
     )
     return Result(
         image=r.images[0],
@@ -635,4 +763,5 @@ def stylize(
         wall_s=r.wall_s,
         restarts=int(r.restarts[0]),
         resets=int(r.resets[0]),
+        opt_state=r.opt_state,
     )

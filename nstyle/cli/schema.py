@@ -54,6 +54,24 @@ _TRAIN = {f.name: f.default for f in dataclasses.fields(train.TrainConfig)}
 class Pooling(enum.Enum):
     avg = "avg"  # Gatys et al.: better gradient flow, smoother results
     max = "max"  # the network as trained
+    avg_rescaled = "avg_rescaled"  # average pooling scaled to max pooling's activation sizes (vgg.AVG_POOL_SCALE)
+
+
+class Padding(enum.Enum):
+    zero = "zero"  # the network as trained
+    reflect = "reflect"  # mirror the border pixels: no dark frame for the result to imitate
+    replicate = "replicate"  # repeat the border pixels
+
+
+class StyleLoss(enum.Enum):
+    gram = "gram"  # Gatys et al.: Gram matrices
+    meanstd = "meanstd"  # per-channel mean and standard deviation (AdaIN's statistic)
+    w2 = "w2"  # Wasserstein-2 distance between Gaussian fits (mean and covariance)
+
+
+class LayerWeights(enum.Enum):
+    equal = "equal"  # w_l = 1/L, the paper's
+    falling = "falling"  # w_l ∝ 4^-l: 256, 64, 16, 4, 1 (normalised) for five layers
 
 
 class OptimName(enum.Enum):
@@ -79,6 +97,7 @@ class ColorMode(enum.Enum):
 class NetworkSchema:
     arch: str = _TRANSFER.arch  # vgg19 (Caffe, the paper's) or vgg16 (torchvision)
     pooling: Pooling = Pooling(_LOSS.pooling)
+    padding: Padding = Padding(_LOSS.padding)  # of the 3×3 convolutions
 
 
 @dataclasses.dataclass
@@ -89,7 +108,10 @@ class LossSchema:
     content_layers: list[str] = dataclasses.field(default_factory=lambda: list(_LOSS.content_layers))
     content_weights: Optional[list[float]] = None  # None: 1 each
     style_layers: list[str] = dataclasses.field(default_factory=lambda: list(_LOSS.style_layers))
-    style_weights: Optional[list[float]] = None  # None: 1/n each (the paper's w_l = 1/5)
+    style_weights: Optional[list[float]] = None  # None: from layer_weights
+    layer_weights: LayerWeights = LayerWeights(losses.LAYER_WEIGHTS[0])  # preset used when style_weights is None
+    style_loss: StyleLoss = StyleLoss(_LOSS.style_loss)  # the style statistic
+    normalize: bool = _LOSS.normalize  # each layer's term relative to its size: weights that hold at any size
 
 
 @dataclasses.dataclass
@@ -100,6 +122,7 @@ class OptimSchema:
     linesearch: LineSearch = LineSearch(_OPTIM.linesearch)  # none: one evaluation per iteration
     max_linesearch_steps: int = _OPTIM.max_linesearch_steps
     project: bool = _OPTIM.project  # clip to [0, 1] after every step (for Adam)
+    average: Optional[float] = _OPTIM.average  # decay of an iterate average returned as the result; None: off
 
 
 @dataclasses.dataclass
@@ -115,7 +138,10 @@ class StylizeSchema:
     init: str = _TRANSFER.init  # content | noise | style | PATH to an image
     style_blend: Optional[list[float]] = None  # one weight per style image; None: equal
     style_scale: float = _TRANSFER.style_scale  # style image's longest side relative to the output's
-    schedule: list[int] = dataclasses.field(default_factory=list)  # coarse-to-fine sizes before `size`, e.g. [256]
+    masks: Optional[list[str]] = None  # spatial control: one mask image per style, aligned with the content
+    style_masks: Optional[list[Optional[str]]] = None  # per style image, the region its style is taken from
+    # coarse-to-fine sizes before `size`, e.g. [256]; or sqrt2: from ~128 px, ×√2 per stage
+    schedule: Any = dataclasses.field(default_factory=list)
     schedule_steps: Optional[list[int]] = None  # iterations of each schedule stage; None: `steps` each
     preserve_color: ColorMode = ColorMode(_TRANSFER.preserve_color)
     snapshot_every: int = 50  # save snapshots/step_XXXX.png every N iterations; 0: never
@@ -271,7 +297,9 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
     cw = _weights("loss.content_weights", lc.content_weights, typed)
     sw = _weights("loss.style_weights", lc.style_weights, typed)
     cw = cw if cw is not None else [1.0] * len(lc.content_layers)
-    sw = sw if sw is not None else [1.0 / max(len(lc.style_layers), 1)] * len(lc.style_layers)
+    if sw is not None and lc.layer_weights.value != losses.LAYER_WEIGHTS[0]:
+        raise UserError("loss: give either loss.style_weights or loss.layer_weights, not both")
+    sw = sw if sw is not None else list(losses.layer_weights(lc.layer_weights.value, len(lc.style_layers)))
     try:
         loss = losses.PerceptualLoss(
             content_layers=tuple(lc.content_layers),
@@ -282,6 +310,9 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
             beta=check_weight("loss.beta", lc.beta, typed),
             tv_weight=check_weight("loss.tv_weight", lc.tv_weight, typed),
             pooling=c.network.pooling.value,
+            style_loss=lc.style_loss.value,
+            padding=c.network.padding.value,
+            normalize=bool(lc.normalize),
         )
         optimize.check_layers(loss, arch)
     except ValueError as e:
@@ -303,18 +334,38 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
         except ValueError as e:
             raise UserError(f"style_blend: {e}") from None
         blend = tuple(float(b) for b in c.style_blend)
+    masks = _paths("masks", c.masks)
+    style_masks = _plain(c.style_masks)
+    if masks is not None:
+        if len(masks) != len(styles):
+            raise UserError(f"masks: {len(styles)} style image(s) need {len(styles)} masks, one each; got {len(masks)}")
+        if blend is not None:
+            raise UserError(
+                "style_blend mixes the styles everywhere; with masks each style has its own region: drop one"
+            )
+        if c.content is None:
+            raise UserError("masks are aligned with the content image; give content=PATH")
+    if style_masks is not None:
+        if not isinstance(style_masks, list) or len(style_masks) != len(styles):
+            raise UserError(f"style_masks: expected a list of {len(styles)} paths or nulls (one per style image)")
+        if not all(m is None or (isinstance(m, str) and m) for m in style_masks):
+            raise UserError(f"style_masks: expected paths or nulls, got {style_masks!r}")
     if not (math.isfinite(c.style_scale) and c.style_scale > 0):
         raise UserError(f"style_scale must be > 0, got {c.style_scale}")
     if c.size < 1:
         raise UserError(f"size must be a positive number of pixels, got {c.size}")
-    sizes = tuple(int(s) for s in c.schedule) + (int(c.size),)
+    schedule = _schedule(_plain(c.schedule), int(c.size))
+    sizes = schedule + (int(c.size),)
     if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
-        raise UserError(f"schedule: sizes must grow and end below size={c.size}, got {list(c.schedule)}")
-    if c.schedule_steps is not None and len(c.schedule_steps) != len(c.schedule):
-        raise UserError(f"schedule_steps: {len(c.schedule)} schedule sizes but {len(c.schedule_steps)} step counts")
-    stage_steps = tuple(
-        int(s) for s in (c.schedule_steps if c.schedule_steps is not None else [c.steps] * len(c.schedule))
-    ) + (int(c.steps),)
+        raise UserError(f"schedule: sizes must grow and end below size={c.size}, got {list(schedule)}")
+    steps_list = c.schedule_steps
+    if steps_list is not None and len(steps_list) == 1 and _plain(c.schedule) == SQRT2:
+        steps_list = list(steps_list) * len(schedule)  # one count for every earlier stage of the preset
+    if steps_list is not None and len(steps_list) != len(schedule):
+        raise UserError(f"schedule_steps: {len(schedule)} schedule sizes but {len(steps_list)} step counts")
+    stage_steps = tuple(int(s) for s in (steps_list if steps_list is not None else [c.steps] * len(schedule))) + (
+        int(c.steps),
+    )
     if any(s < 0 for s in stage_steps):
         raise UserError(f"steps must be >= 0, got {list(stage_steps)}")
     if c.snapshot_every < 0:
@@ -333,7 +384,32 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
         init=c.init,
         preserve_color=c.preserve_color.value,
         seed=int(c.seed),
+        masks=tuple(masks) if masks is not None and loss.uses_style else None,
+        style_masks=tuple(style_masks) if style_masks is not None and loss.uses_style else None,
     )
+
+
+SQRT2 = "sqrt2"  # schedule preset: transfer.multiscale_sizes
+
+
+def _schedule(value: Any, size: int) -> tuple[int, ...]:
+    """The sizes before ``size``: a list of ints as given, or the √2 preset's."""
+    if value == SQRT2:
+        return transfer.multiscale_sizes(size)[:-1]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return tuple(int(v) for v in value)
+    raise UserError(f"schedule: expected a list of sizes in px (e.g. [256]) or {SQRT2}, got {value!r}")
+
+
+def _paths(name: str, value: Any) -> list[str] | None:
+    value = _plain(value)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UserError(f"{name}: expected a list of image paths, got {value!r}")
+    return value
 
 
 def optim_config(o: OptimSchema, steps: int) -> optimize.OptimConfig:
@@ -347,6 +423,7 @@ def optim_config(o: OptimSchema, steps: int) -> optimize.OptimConfig:
             linesearch=o.linesearch.value,
             max_linesearch_steps=o.max_linesearch_steps,
             project=o.project,
+            average=o.average,
         )
     except ValueError as e:
         raise UserError(f"optim: {e}") from None

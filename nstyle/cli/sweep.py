@@ -151,6 +151,7 @@ def run_group(cfgs: list, job_dirs: list[Path]) -> dict:
     inputs = transfer.load_inputs(s0)
     transfer.check_sizes(dataclasses.replace(s0, loss=loss), inputs, memory.available_bytes(), batch=len(cfgs))
     content, styles, init_file, shape = transfer.stage_images(s0, inputs, s0.sizes[-1])
+    masks, style_masks = transfer.stage_masks(s0, inputs, s0.sizes[-1])
     params = weights.load(s0.arch)
     # the start each member would have alone (nstyle-stylize: stage 0 key), shared by all
     key = jax.random.fold_in(jax.random.key(s0.seed), 0)
@@ -172,6 +173,8 @@ def run_group(cfgs: list, job_dirs: list[Path]) -> dict:
         init=init,
         key=key,
         optim=optim,
+        masks=masks,
+        style_masks=style_masks,
     )
     wall = time.perf_counter() - t0
     for i, (s, d) in enumerate(zip(settings, job_dirs)):
