@@ -287,12 +287,84 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
     arch = c.network.arch
     if arch not in vgg.ARCH_LAYERS:
         raise UserError(f"network.arch: unknown network '{arch}' (expected one of {', '.join(vgg.ARCH_LAYERS)})")
-
     style = _plain(c.style)
     styles = (style,) if isinstance(style, str) else tuple(style or ())
     if not all(isinstance(s, str) and s for s in styles):
         raise UserError(f"style: expected a path or a list of paths, got {style!r}")
+    loss = _perceptual_loss(c, arch, typed)
+    if loss.uses_style and not styles:
+        raise UserError("style: no style image given but beta > 0; give style=PATH or set loss.beta=0")
+    if c.content is None and loss.uses_content:
+        raise UserError("content: no content image given but alpha > 0; give content=PATH or set loss.alpha=0")
+    if c.content is None and c.init == "content":
+        raise UserError("init=content needs a content image; use init=noise for texture synthesis")
+    if c.content is None and c.preserve_color.value != "off":
+        raise UserError(f"preserve_color={c.preserve_color.value} needs a content image to take the colours from")
+    blend = None
+    if c.style_blend is not None:
+        try:
+            losses.blend_weights(c.style_blend, len(styles))
+        except ValueError as e:
+            raise UserError(f"style_blend: {e}") from None
+        blend = tuple(float(b) for b in c.style_blend)
+    masks, style_masks = _masks(c, styles, blend)
+    if not (math.isfinite(c.style_scale) and c.style_scale > 0):
+        raise UserError(f"style_scale must be > 0, got {c.style_scale}")
+    if c.snapshot_every < 0:
+        raise UserError(f"snapshot_every must be >= 0 (0: no snapshots), got {c.snapshot_every}")
+    sizes, stage_steps = _stages(c)
+    return transfer.TransferSettings(
+        loss=loss,
+        optim=optim_config(c.optim, int(c.steps)),
+        arch=arch,
+        content=c.content,
+        styles=styles if loss.uses_style else (),
+        style_blend=blend if loss.uses_style else None,
+        style_scale=float(c.style_scale),
+        sizes=sizes,
+        stage_steps=stage_steps,
+        init=c.init,
+        preserve_color=c.preserve_color.value,
+        seed=int(c.seed),
+        masks=tuple(masks) if masks is not None and loss.uses_style else None,
+        style_masks=tuple(style_masks) if style_masks is not None and loss.uses_style else None,
+    )
 
+
+def _masks(c: StylizeSchema, styles: tuple[str, ...], blend) -> tuple[list[str] | None, list | None]:
+    """``masks`` and ``style_masks`` checked against the style images (spatial control)."""
+    masks = _paths("masks", c.masks)
+    style_masks = _plain(c.style_masks)
+    if masks is not None:
+        if len(masks) != len(styles):
+            raise UserError(f"masks: {len(styles)} style image(s) need {len(styles)} masks, one each; got {len(masks)}")
+        if blend is not None:
+            raise UserError(
+                "style_blend mixes the styles everywhere; with masks each style has its own region: drop one"
+            )
+        if c.content is None:
+            raise UserError("masks are aligned with the content image; give content=PATH")
+    if style_masks is not None:
+        if not isinstance(style_masks, list) or len(style_masks) != len(styles):
+            raise UserError(f"style_masks: expected a list of {len(styles)} paths or nulls (one per style image)")
+        if not all(m is None or (isinstance(m, str) and m) for m in style_masks):
+            raise UserError(f"style_masks: expected paths or nulls, got {style_masks!r}")
+    return masks, style_masks
+
+
+def _paths(name: str, value: Any) -> list[str] | None:
+    value = _plain(value)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UserError(f"{name}: expected a list of image paths, got {value!r}")
+    return value
+
+
+def _perceptual_loss(c: StylizeSchema, arch: str, typed: dict | None) -> losses.PerceptualLoss:
+    """The ``loss`` group as the library's loss, every weight checked as typed."""
     lc = c.loss
     cw = _weights("loss.content_weights", lc.content_weights, typed)
     sw = _weights("loss.style_weights", lc.style_weights, typed)
@@ -319,74 +391,27 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
         raise UserError(f"loss: {e}") from None
     if not loss.uses_content and not loss.uses_style:
         raise UserError("loss: both alpha and beta are 0 (or no layers): nothing to optimise")
-    if loss.uses_style and not styles:
-        raise UserError("style: no style image given but beta > 0; give style=PATH or set loss.beta=0")
-    if c.content is None and loss.uses_content:
-        raise UserError("content: no content image given but alpha > 0; give content=PATH or set loss.alpha=0")
-    if c.content is None and c.init == "content":
-        raise UserError("init=content needs a content image; use init=noise for texture synthesis")
-    if c.content is None and c.preserve_color.value != "off":
-        raise UserError(f"preserve_color={c.preserve_color.value} needs a content image to take the colours from")
-    blend = None
-    if c.style_blend is not None:
-        try:
-            losses.blend_weights(c.style_blend, len(styles))
-        except ValueError as e:
-            raise UserError(f"style_blend: {e}") from None
-        blend = tuple(float(b) for b in c.style_blend)
-    masks = _paths("masks", c.masks)
-    style_masks = _plain(c.style_masks)
-    if masks is not None:
-        if len(masks) != len(styles):
-            raise UserError(f"masks: {len(styles)} style image(s) need {len(styles)} masks, one each; got {len(masks)}")
-        if blend is not None:
-            raise UserError(
-                "style_blend mixes the styles everywhere; with masks each style has its own region: drop one"
-            )
-        if c.content is None:
-            raise UserError("masks are aligned with the content image; give content=PATH")
-    if style_masks is not None:
-        if not isinstance(style_masks, list) or len(style_masks) != len(styles):
-            raise UserError(f"style_masks: expected a list of {len(styles)} paths or nulls (one per style image)")
-        if not all(m is None or (isinstance(m, str) and m) for m in style_masks):
-            raise UserError(f"style_masks: expected paths or nulls, got {style_masks!r}")
-    if not (math.isfinite(c.style_scale) and c.style_scale > 0):
-        raise UserError(f"style_scale must be > 0, got {c.style_scale}")
+    return loss
+
+
+def _stages(c: StylizeSchema) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(sizes, steps) of the coarse-to-fine stages; the last stage is ``size`` with ``steps``."""
     if c.size < 1:
         raise UserError(f"size must be a positive number of pixels, got {c.size}")
     schedule = _schedule(_plain(c.schedule), int(c.size))
     sizes = schedule + (int(c.size),)
     if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
         raise UserError(f"schedule: sizes must grow and end below size={c.size}, got {list(schedule)}")
-    steps_list = c.schedule_steps
-    if steps_list is not None and len(steps_list) == 1 and _plain(c.schedule) == SQRT2:
-        steps_list = list(steps_list) * len(schedule)  # one count for every earlier stage of the preset
-    if steps_list is not None and len(steps_list) != len(schedule):
-        raise UserError(f"schedule_steps: {len(schedule)} schedule sizes but {len(steps_list)} step counts")
-    stage_steps = tuple(int(s) for s in (steps_list if steps_list is not None else [c.steps] * len(schedule))) + (
-        int(c.steps),
-    )
+    earlier = c.schedule_steps
+    if earlier is not None and len(earlier) == 1 and _plain(c.schedule) == SQRT2:
+        earlier = list(earlier) * len(schedule)  # one count for every earlier stage of the preset
+    if earlier is not None and len(earlier) != len(schedule):
+        raise UserError(f"schedule_steps: {len(schedule)} schedule sizes but {len(earlier)} step counts")
+    earlier = earlier if earlier is not None else [c.steps] * len(schedule)
+    stage_steps = tuple(int(s) for s in earlier) + (int(c.steps),)
     if any(s < 0 for s in stage_steps):
         raise UserError(f"steps must be >= 0, got {list(stage_steps)}")
-    if c.snapshot_every < 0:
-        raise UserError(f"snapshot_every must be >= 0 (0: no snapshots), got {c.snapshot_every}")
-    optim = optim_config(c.optim, int(c.steps))
-    return transfer.TransferSettings(
-        loss=loss,
-        optim=optim,
-        arch=arch,
-        content=c.content,
-        styles=styles if loss.uses_style else (),
-        style_blend=blend if loss.uses_style else None,
-        style_scale=float(c.style_scale),
-        sizes=sizes,
-        stage_steps=stage_steps,
-        init=c.init,
-        preserve_color=c.preserve_color.value,
-        seed=int(c.seed),
-        masks=tuple(masks) if masks is not None and loss.uses_style else None,
-        style_masks=tuple(style_masks) if style_masks is not None and loss.uses_style else None,
-    )
+    return sizes, stage_steps
 
 
 SQRT2 = "sqrt2"  # schedule preset: transfer.multiscale_sizes
@@ -399,17 +424,6 @@ def _schedule(value: Any, size: int) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return tuple(int(v) for v in value)
     raise UserError(f"schedule: expected a list of sizes in px (e.g. [256]) or {SQRT2}, got {value!r}")
-
-
-def _paths(name: str, value: Any) -> list[str] | None:
-    value = _plain(value)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise UserError(f"{name}: expected a list of image paths, got {value!r}")
-    return value
 
 
 def optim_config(o: OptimSchema, steps: int) -> optimize.OptimConfig:
