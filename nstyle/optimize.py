@@ -37,6 +37,7 @@ Design (see also ``make_step``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -562,31 +563,34 @@ def stylize_batch(
     A KeyboardInterrupt stops the loop and returns what was reached
     (``stopped_reason="interrupted"``).
     """
-    batch, shape = _batch_and_shape(content, weights, batch, shape)
-    w = loss_weights(loss, batch, weights)
-    targets = prepare_targets(params, loss, content, styles, style_blend, batch, masks, style_masks)
-    params = vgg.with_backward_kernels(params, loss.layers)  # once per run, not in every step's backward pass
-    x0 = initial_images(init, shape, batch, key, content=content, styles=styles)
+    # the W2 loss calls LAPACK's eigh in every step: one BLAS thread (see _xla.single_threaded_lapack)
+    lapack = _xla.single_threaded_lapack() if loss.style_loss == "w2" else contextlib.nullcontext()
+    with lapack:
+        batch, shape = _batch_and_shape(content, weights, batch, shape)
+        w = loss_weights(loss, batch, weights)
+        targets = prepare_targets(params, loss, content, styles, style_blend, batch, masks, style_masks)
+        params = vgg.with_backward_kernels(params, loss.layers)  # once per run, not in every step's backward pass
+        x0 = initial_images(init, shape, batch, key, content=content, styles=styles)
 
-    init_fn, step_fn = make_step(loss, optim)
-    state = init_fn(x0)
-    if opt_state is not None:
-        if jax.tree.structure(opt_state) != jax.tree.structure(state.opt_state) or any(
-            a.shape != b.shape for a, b in zip(jax.tree.leaves(opt_state), jax.tree.leaves(state.opt_state))
-        ):
-            raise ValueError("opt_state does not fit this optimiser and image shape; see carry_state")
-        state = state._replace(opt_state=opt_state)
-    t0 = time.perf_counter()
-    step_fn.lower(state, params, targets, w).compile()  # compile once, timed on its own; jit reuses it
-    compile_s = time.perf_counter() - t0
+        init_fn, step_fn = make_step(loss, optim)
+        state = init_fn(x0)
+        if opt_state is not None:
+            if jax.tree.structure(opt_state) != jax.tree.structure(state.opt_state) or any(
+                a.shape != b.shape for a, b in zip(jax.tree.leaves(opt_state), jax.tree.leaves(state.opt_state))
+            ):
+                raise ValueError("opt_state does not fit this optimiser and image shape; see carry_state")
+            state = state._replace(opt_state=opt_state)
+        t0 = time.perf_counter()
+        step_fn.lower(state, params, targets, w).compile()  # compile once, timed on its own; jit reuses it
+        compile_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    state, loop = _run_loop(step_fn, state, (params, targets, w), optim.steps, callback)
-    wall_s = time.perf_counter() - t0
-    evaluate = lambda x: make_evaluate(loss)(x, params, targets, w)  # noqa: E731
-    images, final, diverged = _best_iterates(state, loop.history, evaluate)
-    if state.average is not None:
-        images, final = _averaged(state, images, final, evaluate)
+        t0 = time.perf_counter()
+        state, loop = _run_loop(step_fn, state, (params, targets, w), optim.steps, callback)
+        wall_s = time.perf_counter() - t0
+        evaluate = lambda x: make_evaluate(loss)(x, params, targets, w)  # noqa: E731
+        images, final, diverged = _best_iterates(state, loop.history, evaluate)
+        if state.average is not None:
+            images, final = _averaged(state, images, final, evaluate)
     reason = loop.reason
     if reason == "steps" and diverged.all() and optim.steps > 0:
         reason = "nonfinite"

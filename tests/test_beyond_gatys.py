@@ -279,3 +279,15 @@ def test_new_keys_default_to_the_library_and_the_normalized_preset_is_the_librar
 def test_new_keys_refuse_mistakes_in_one_line(overrides, match):
     with pytest.raises(UserError, match=match):
         _settings(*overrides)
+
+
+def test_w2_runs_with_one_blas_thread():
+    """LAPACK's eigh (the W2 loss) runs on OpenBLAS, whose spinning threads are slow on a busy CPU."""
+    from threadpoolctl import threadpool_info
+
+    from nstyle import _xla
+
+    jax.block_until_ready(jax.jit(jnp.linalg.eigh)(jnp.eye(3)))  # loads the LAPACK behind it
+    with _xla.single_threaded_lapack():
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
