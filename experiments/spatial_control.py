@@ -94,7 +94,8 @@ def main(argv=None) -> int:
             row_images.append(image)
             print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         cells.append([_compare.fit(x, (96, 128)) for x in row_images])
-        labels.append(name)
+        short = [_compare.pair_name(content_spec, s).split("×")[1].split("_")[0] for s in (style_a, style_b)]
+        labels.append(f"{_compare.pair_name(content_spec, style_a).split('×')[0]}\nA {short[0]}, B {short[1]}")
     columns = ["content", "mask of A", "style A", "style B", "blend", "masks"]
     settings = {"size": args.size, "optim": f"lbfgs×{args.steps}", "loss": "paper", "ramp": "20% of the width"}
     fig = figures.image_grid(
