@@ -52,8 +52,7 @@ class TransferSettings:
     style_masks: tuple[str | None, ...] | None = None  # per style image, the region to take its style from
 
 
-class MemoryBudgetError(UserError):
-    """The run would not fit in the memory available; the message names a size that would."""
+MemoryBudgetError = memory.MemoryBudgetError
 
 
 @dataclasses.dataclass
