@@ -174,6 +174,35 @@ def test_schedule_carries_adams_moments_and_restarts_lbfgs(vgg19, monkeypatch):
     assert calls[1][0] is None  # L-BFGS restarts
 
 
+# ------------------------------------------------------------------------ normalisation
+
+
+@pytest.mark.parametrize("kind", ["gram", "meanstd", "w2"])
+def test_normalised_weights_keep_the_content_style_balance_across_sizes(vgg19, kind):
+    """The same scene (content chelsea, style ihc, the image a blur of the content) at 48 and
+    at 192 px: with the paper's weights the content term grows with the positions (about 16x
+    here) while the style term does not, so α L_c / β L_s moves by an order of magnitude;
+    with ``normalize`` every term is a relative error and the balance moves by less than 2x."""
+    photo, painting = images.load_image("builtin:chelsea"), images.load_image("builtin:ihc")
+
+    def balance(loss, side):
+        content = jnp.asarray(images.resize_longest(photo, side))[None]  # (1, H, W, 3)
+        image = jnp.asarray(images.resize(images.resize_longest(photo, side // 4), content.shape[1:3]))[None]
+        style = jnp.asarray(images.resize_longest(painting, side))[None]
+        targets = losses.Targets(
+            losses.content_targets(vgg19, content, loss), losses.style_targets(vgg19, [style], loss)
+        )
+        _, aux = losses.perceptual_loss(vgg19, image, targets, loss)
+        return float(aux["content"][0] / aux["style"][0])
+
+    paper = losses.PerceptualLoss(style_loss=kind)
+    normalized = dataclasses.replace(losses.NORMALIZED, style_loss=kind)
+    paper_ratio = balance(paper, 192) / balance(paper, 48)
+    normalized_ratio = balance(normalized, 192) / balance(normalized, 48)
+    assert paper_ratio > 5.0, paper_ratio
+    assert 0.5 < normalized_ratio < 2.0, normalized_ratio
+
+
 # ------------------------------------------------------------------ padding and pooling
 
 
