@@ -190,6 +190,8 @@ def write(
     from nstyle.cli import collect, figures
 
     csv_path, md_path, png_path = out / f"{name}.csv", out / f"{name}.md", out / f"{name}.png"
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # every row's keys (the content row has no timings)
+    rows = [{c: r.get(c, "") for c in columns} for r in rows]
     _io.write_text(csv_path, collect.to_csv(rows))
     md = f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}\n\n"
     md += "Per variant, mean over the pairs:\n\n" + collect.to_markdown(summary) + "\nEvery run:\n\n"
