@@ -294,6 +294,19 @@ def test_new_keys_default_to_the_library_and_the_normalized_preset_is_the_librar
     )
 
 
+def test_quick_preset_is_normalised_rescaled_and_coarse_to_fine():
+    """experiment=quick (benchmarks/QUICK.md): the library's normalised weights, rescaled average
+    pooling, the √2 schedule from about 128 px, and fewer iterations at the full size."""
+    s = _settings("experiment=quick", "size=160")
+    paper = transfer.TransferSettings()
+    assert s.loss == dataclasses.replace(
+        paper.loss, alpha=losses.NORMALIZED.alpha, beta=losses.NORMALIZED.beta, normalize=True, pooling="avg_rescaled"
+    )
+    assert s.sizes == (113, 160) and s.stage_steps[-1] < paper.stage_steps[-1]
+    assert _settings("experiment=quick", "size=512").sizes == (128, 181, 256, 362, 512)
+    assert _settings("experiment=quick", "loss.beta=6").loss.beta == 6.0  # still overridable
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
