@@ -519,6 +519,22 @@ class Result:
 Callback = Callable[[int, StepState, dict], Any]
 
 
+def _lapack_threads(loss: losses.PerceptualLoss):
+    """The W2 loss calls LAPACK's eigh in every step: one BLAS thread (see _xla.single_threaded_lapack)."""
+    return _xla.single_threaded_lapack() if loss.style_loss == "w2" else contextlib.nullcontext()
+
+
+def _with_opt_state(state, opt_state):
+    """``state`` starting from a given optimiser state (None: its own fresh one), checked to fit."""
+    if opt_state is None:
+        return state
+    if jax.tree.structure(opt_state) != jax.tree.structure(state.opt_state) or any(
+        a.shape != b.shape for a, b in zip(jax.tree.leaves(opt_state), jax.tree.leaves(state.opt_state))
+    ):
+        raise ValueError("opt_state does not fit this optimiser and image shape; see carry_state")
+    return state._replace(opt_state=opt_state)
+
+
 def stylize_batch(
     params: vgg.VGGParams,
     loss: losses.PerceptualLoss,
@@ -560,12 +576,9 @@ def stylize_batch(
       opt_state: the optimiser's state to start from (leaves (B, ...)), e.g. the previous
         stage's carried over by :func:`carry_state`; default a fresh one.
 
-    A KeyboardInterrupt stops the loop and returns what was reached
-    (``stopped_reason="interrupted"``).
+    A KeyboardInterrupt stops the loop and returns what was reached (``stopped_reason="interrupted"``).
     """
-    # the W2 loss calls LAPACK's eigh in every step: one BLAS thread (see _xla.single_threaded_lapack)
-    lapack = _xla.single_threaded_lapack() if loss.style_loss == "w2" else contextlib.nullcontext()
-    with lapack:
+    with _lapack_threads(loss):
         batch, shape = _batch_and_shape(content, weights, batch, shape)
         w = loss_weights(loss, batch, weights)
         targets = prepare_targets(params, loss, content, styles, style_blend, batch, masks, style_masks)
@@ -573,13 +586,7 @@ def stylize_batch(
         x0 = initial_images(init, shape, batch, key, content=content, styles=styles)
 
         init_fn, step_fn = make_step(loss, optim)
-        state = init_fn(x0)
-        if opt_state is not None:
-            if jax.tree.structure(opt_state) != jax.tree.structure(state.opt_state) or any(
-                a.shape != b.shape for a, b in zip(jax.tree.leaves(opt_state), jax.tree.leaves(state.opt_state))
-            ):
-                raise ValueError("opt_state does not fit this optimiser and image shape; see carry_state")
-            state = state._replace(opt_state=opt_state)
+        state = _with_opt_state(init_fn(x0), opt_state)
         t0 = time.perf_counter()
         step_fn.lower(state, params, targets, w).compile()  # compile once, timed on its own; jit reuses it
         compile_s = time.perf_counter() - t0
