@@ -1,6 +1,6 @@
 """``experiment=quick`` against the paper recipe: wall time, style distance and LPIPS on the built-in pairs.
 
-    flock /tmp/nstyle-heavy.lock .venv/bin/python benchmarks/bench_quick.py --size 160 --paper-steps 150
+    .venv/bin/python benchmarks/bench_quick.py --size 160 --paper-steps 150 --rounds 1
     .venv/bin/python benchmarks/bench_quick.py --rounds 0 --candidate "optim=adam steps=60"   # try other settings
 
 The paper recipe is ``nstyle-stylize`` at its defaults (L-BFGS without line search, Gram
