@@ -22,6 +22,13 @@ Job status, from the most to the least certain evidence:
 Jobs the sweep defines but that have not started yet (their directory does not exist) are
 counted as ``pending`` from ``multirun.yaml``.
 
+A sweep submitted to SLURM (``+launcher=slurm``, or ``nstyle-sweep`` with it) is also checked
+against the scheduler (:mod:`nstyle.cli.slurm`): a job whose record says ``running`` or
+``pending`` but whose SLURM job ended (cancelled, timed out, out of memory, failed) is
+``died`` with SLURM's state as the error, also on another host; a task cancelled before it
+started, which has no directory, gets a ``died`` row of its own; a job submitted again (the
+sweep command rerun) is as pending or running as its new task.
+
 Outputs (``<sweep>/summary/`` by default, each written atomically, regenerated on each call):
 ``table.csv``, ``table.md`` (one row per job with its swept values, final content/style
 loss, LPIPS to the content image, a style distance to the style image, wall time),
@@ -47,7 +54,7 @@ import numpy as np
 
 from nstyle import _io, images, metrics
 from nstyle._errors import UserError
-from nstyle.cli import figures
+from nstyle.cli import figures, slurm
 from nstyle.cli.errors import command
 from nstyle.cli.jobs import STATUS_FILE
 
@@ -78,6 +85,7 @@ class Job:
     num: int  # Hydra's job number (order in the sweep); large if unknown
     metrics: dict | None = None
     error: str | None = None
+    slurm_job: str | None = None  # the SLURM job that ran it last (status.json), e.g. "120_3"
 
 
 def _read_yaml(path: Path):
@@ -137,6 +145,8 @@ def _classify(path: Path) -> tuple[str, dict | None, str | None]:
         status = status_data.get("status")
         if status == "failed":
             return "failed", metrics, str(status_data.get("error", "failed (no message)"))
+        if status == "pending":  # submitted, not started (nstyle-sweep on SLURM)
+            return "pending", metrics, None
         if status == "running":
             pid, host = status_data.get("pid"), status_data.get("host")
             if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
@@ -192,6 +202,7 @@ def scan(sweep_dir: str | os.PathLike) -> list[Job]:
                     overrides[kv[0]] = kv[1]
         status, metrics, error = _classify(path)
         num = _job_num(path)
+        record = _io.read_json(path / STATUS_FILE)
         jobs.append(
             Job(
                 name=str(path.relative_to(sweep_dir)),
@@ -201,14 +212,65 @@ def scan(sweep_dir: str | os.PathLike) -> list[Job]:
                 num=num if num is not None else 10**9,
                 metrics=metrics,
                 error=error,
+                slurm_job=str(record["slurm_job"]) if isinstance(record, dict) and record.get("slurm_job") else None,
             )
         )
+    jobs = _with_slurm_states(sweep_dir, jobs)
     jobs.sort(key=lambda j: (j.num, j.name))
     return jobs
 
 
-def expected_jobs(sweep_dir: str | os.PathLike) -> int | None:
-    """Number of jobs the sweep defines, from ``multirun.yaml`` (None if it cannot tell)."""
+def _with_slurm_states(sweep_dir: Path, jobs: list[Job]) -> list[Job]:
+    """``jobs`` corrected by what SLURM says of them, plus a row for each task that ended unstarted."""
+    arrays, plain = slurm.submitted(sweep_dir)
+    recorded = {j.slurm_job for j in jobs if j.slurm_job}
+    if not (arrays or plain or recorded):
+        return jobs
+    states = slurm.states(set(arrays) | plain | recorded)
+    members = expected_members(sweep_dir)
+    # Hydra's launcher submits a sweep as one array, task i = job i; the newest array is the
+    # latest submission of the sweep (a rerun submits every job again)
+    latest = max(arrays, key=int) if arrays else None
+    if latest is not None and (members is None or arrays[latest] != set(range(len(members)))):
+        latest = None  # not one whole sweep per array: tasks cannot be matched to jobs
+    for j in jobs:
+        if j.status == "completed":
+            continue
+        current = f"{latest}_{j.num}" if latest is not None else None
+        if current is not None and current != j.slurm_job and states.get(current) in slurm.ACTIVE:
+            j.status, j.error = ("pending" if states[current] == "PENDING" else "running"), None
+            j.slurm_job = current
+        elif j.status in ("running", "pending", "died") and j.slurm_job and slurm.ended(states.get(j.slurm_job)):
+            when = "before it started" if j.status == "pending" else "before the job finished"
+            j.status, j.error = "died", f"SLURM job {j.slurm_job} {states[j.slurm_job]} {when}"
+    if latest is not None and members is not None:
+        have = {j.num for j in jobs}
+        # a pending task cancelled before it started leaves no record at all, in squeue or
+        # sacct; while SLURM lists other tasks of its array, its absence says it is gone
+        listed = any(k.startswith(f"{latest}_") for k in states)
+        for num, overrides in enumerate(members):
+            task = f"{latest}_{num}"
+            state = states.get(task)
+            if num in have or not (slurm.ended(state) or (state is None and listed)):
+                continue
+            why = f"{state} before it started" if state else "was removed before it started (scancel)"
+            jobs.append(
+                Job(
+                    name=" ".join(overrides) or f"#{num}",
+                    path=sweep_dir / f".never-started-{num}",
+                    status="died",
+                    overrides=dict(kv for o in overrides if (kv := _split_override(o)) is not None),
+                    num=num,
+                    error=f"SLURM task {task} {why}",
+                    slurm_job=task,
+                )
+            )
+    return jobs
+
+
+def expected_members(sweep_dir: str | os.PathLike) -> list[list[str]] | None:
+    """The swept overrides of each job the sweep defines, in job order, from ``multirun.yaml``
+    (None if it cannot tell)."""
     conf = _read_yaml(Path(sweep_dir) / "multirun.yaml")
     if not isinstance(conf, dict):
         return None
@@ -216,12 +278,18 @@ def expected_jobs(sweep_dir: str | os.PathLike) -> int | None:
     params = ((hydra.get("sweeper") or {}).get("params")) or {}
     task = ((hydra.get("overrides") or {}).get("task")) or []
     try:
-        from nstyle.cli.sweep import split_sweep
+        from nstyle.cli.sweep import expand, split_sweep
 
         _fixed, sweeps = split_sweep([str(t) for t in task], {str(k): str(v) for k, v in params.items()})
     except Exception:  # noqa: BLE001 -- an exotic sweeper: just do not count pending jobs
         return None
-    return math.prod(len(values) for values in sweeps)
+    return [m.overrides for m in expand(sweeps)]
+
+
+def expected_jobs(sweep_dir: str | os.PathLike) -> int | None:
+    """Number of jobs the sweep defines, from ``multirun.yaml`` (None if it cannot tell)."""
+    members = expected_members(sweep_dir)
+    return None if members is None else len(members)
 
 
 def swept_keys(jobs: Sequence[Job], sweep_dir: str | os.PathLike | None = None) -> list[str]:
@@ -531,7 +599,8 @@ class Summary:
 
     def report(self) -> str:
         c = self.counts
-        head = f"{self.sweep_dir}: {sum(c[s] for s in STATES if s != 'pending')} job dirs — " + ", ".join(
+        dirs = sum(1 for j in self.jobs if j.path.is_dir())
+        head = f"{self.sweep_dir}: {dirs} job dirs — " + ", ".join(
             f"{c[s]} {s}" for s in STATES if c[s] or s == "completed"
         )
         lines = [head]
@@ -564,7 +633,7 @@ def summarize(
             )
     counts = {s: sum(1 for j in jobs if j.status == s) for s in STATES}
     expected = expected_jobs(sweep_dir)
-    counts["pending"] = max(0, expected - len(jobs)) if expected is not None else 0
+    counts["pending"] += max(0, expected - len(jobs)) if expected is not None else 0
     out = Path(out_dir) if out_dir is not None else sweep_dir / SUMMARY_DIR
     files: dict[str, Path] = {}
     evaluator = Evaluator(lpips_net) if evaluate else None

@@ -2,7 +2,10 @@
 
 ``status.json`` holds ``running`` (with pid, host and start time), then ``completed`` or
 ``failed`` (with the error's first line), so the collector can tell a job that failed from
-one still running, and a running one whose process is gone (``died``).
+one still running, and a running one whose process is gone (``died``). A job that runs under
+SLURM also records its ``slurm_job`` id (``<array job>_<task>`` for an array task), which the
+collector asks SLURM about when the job's host is another machine. Of the processes of a
+multi-process job only process 0 writes.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nstyle import _io
+from nstyle import _io, distributed
 
 STATUS_FILE = "status.json"
 
@@ -23,12 +26,27 @@ except ImportError:  # pragma: no cover - hydra is a dependency
     _HydraCallback = object  # type: ignore[assignment,misc]
 
 
+def slurm_job_id(env: dict | None = None) -> str | None:
+    """This process's SLURM job as ``squeue``/``sacct`` name it (``123`` or, in an array, ``120_3``)."""
+    env = os.environ if env is None else env
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
+
+
 def write_status(job_dir: str | os.PathLike, status: str, **extra: Any) -> None:
     """Record ``status`` for the job in ``job_dir``, keeping what an earlier record said."""
     path = Path(job_dir) / STATUS_FILE
     old = _io.read_json(path) or {}
+    if status == "running":  # (again: a rerun) what an earlier attempt ended with no longer holds
+        old = {k: v for k, v in old.items() if k not in ("ended", "error")}
     now = time.time()
     data = {**old, "status": status, "pid": os.getpid(), "host": socket.gethostname(), **extra}
+    slurm = slurm_job_id()
+    if slurm is not None:
+        data["slurm_job"] = slurm
+    elif status == "running" and "slurm_job" not in extra:
+        data.pop("slurm_job", None)  # running here, not where an earlier attempt ran
     data.setdefault("started", now)
     if status != "running":
         data["ended"] = now
@@ -51,10 +69,14 @@ class JobStatusCallback(_HydraCallback):  # type: ignore[misc,valid-type]
     """
 
     def on_job_start(self, config, **kwargs: Any) -> None:
+        if distributed.launch_rank()[0] != 0:
+            return
         out = Path(str(config.hydra.runtime.output_dir))
         write_status(out, "running", started=time.time())
 
     def on_job_end(self, config, job_return, **kwargs: Any) -> None:
+        if distributed.launch_rank()[0] != 0:
+            return
         out = Path(str(config.hydra.runtime.output_dir))
         status = getattr(job_return.status, "name", str(job_return.status)).lower()
         if status == "completed":

@@ -25,7 +25,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nstyle import fastnet, losses, optimize, train, transfer, vgg
+from nstyle import distributed, fastnet, losses, optimize, train, transfer, vgg
 from nstyle._errors import UserError
 
 # The schemas below use ``Optional[X]`` rather than ``X | None``: OmegaConf reads the
@@ -38,9 +38,17 @@ def job_dirname(override_dirname: str) -> str:
     return str(override_dirname).replace("/", "_").replace("\\", "_")
 
 
+def main_process_only(value: Any) -> Any:
+    """``value`` in process 0 of a multi-process run (and in a single-process run), else None."""
+    return value if distributed.launch_rank()[0] == 0 else None
+
+
 # conf/*.yaml name job dirs ${nstyle_dirname:${hydra.job.override_dirname}}; registered on
 # import, so a launcher's worker process that unpickles the task has it too
 OmegaConf.register_new_resolver("nstyle_dirname", job_dirname, replace=True)
+# conf/train.yaml: hydra.output_subdir is ${nstyle_main_only:.hydra}, so of the processes of one
+# run (srun --ntasks=N, or submitit's tasks_per_node=N) only process 0 writes .hydra/
+OmegaConf.register_new_resolver("nstyle_main_only", main_process_only, replace=True)
 
 _LOSS = losses.PerceptualLoss()
 _OPTIM = optimize.OptimConfig()
@@ -178,6 +186,7 @@ class TrainSchema:
     progress: bool = _TRAIN["progress"]
     resume: bool = _TRAIN["resume"]  # continue from checkpoints/ if the run directory has any
     kill_at_step: Optional[int] = _TRAIN["kill_at_step"]  # tests only: SIGKILL the process after this step
+    pause_at_step: Optional[int] = _TRAIN["pause_at_step"]  # tests only: after this step, wait until killed
 
 
 def register() -> None:

@@ -3,20 +3,29 @@
     nstyle-train style=starry.jpg data=/data/coco/train2014 size=256 steps=40000 batch=4 seed=0
     nstyle-train train/experiment=debug style=builtin:chelsea data=DIR      # tiny, seconds
     resume:  the same command plus hydra.run.dir=<an existing run directory>
+    srun --ntasks=2 nstyle-train style=... data=DIR hydra.run.dir=DIR   # two processes, one model
 
 The schema is :class:`nstyle.cli.schema.TrainSchema`; :func:`nstyle.train.train` does the
 work in Hydra's run directory. Besides the library's files the run directory gets
 ``loss.png`` (the loss terms of ``metrics.csv``, redrawn at every checkpoint) and ``.hydra/``.
+
+Under a SLURM step of several tasks (or with ``NSTYLE_DISTRIBUTED=1``) the processes join
+through :func:`nstyle.distributed.initialize` and train one model; process 0 writes every file,
+``.hydra/`` included (``conf/train.yaml`` gives the others no ``hydra.output_subdir``). They
+must share one run directory: without ``hydra.run.dir`` it is ``outputs/train/slurm-<job>.<step>``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from nstyle import train
+from nstyle import distributed, train
+from nstyle._errors import UserError
 from nstyle.cli import app, figures, schema
-from nstyle.cli.errors import command
+from nstyle.cli.errors import command, fail, message
 
 PROG = "nstyle-train"
 
@@ -47,15 +56,40 @@ def task(dcfg) -> float:
     hc = HydraConfig.get()
     cfg = schema.train_settings(dcfg, schema.Typed.from_overrides(list(hc.overrides.task)))
     workdir = Path(hc.runtime.output_dir)
+    distributed.initialize()  # several tasks of a SLURM step: one run; before anything asks JAX for devices
     _xla.persistent_cache()  # a resumed or repeated run reuses the compiled train step
-    summary = train.train(cfg, workdir, on_checkpoint=lambda step: plot_losses(workdir))
-    plot_losses(workdir)
+    main = distributed.is_main()
+    summary = train.train(cfg, workdir, on_checkpoint=(lambda step: plot_losses(workdir)) if main else None)
     loss = summary["final"].get("loss", float("nan"))
-    print(f"{PROG}: wrote {workdir / 'model.npz'} (final loss {loss:.4g})")
+    if main:
+        plot_losses(workdir)
+        print(f"{PROG}: wrote {workdir / 'model.npz'} (final loss {loss:.4g})")
     return float(loss)
 
 
+def shared_run_dir(argv: Sequence[str]) -> list[str]:
+    """``argv``, with a run directory every process of a multi-process run computes alike.
+
+    Hydra's default names the directory after the time, which two processes may read a second
+    apart; under SLURM the job and step ids name it instead. Elsewhere the command line must.
+    """
+    argv = list(argv)
+    if "-m" in argv or "--multirun" in argv or distributed.launch_rank()[1] == 1:
+        return argv
+    if any(a.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for a in argv):
+        return argv
+    step = distributed.slurm_step()
+    if step is None:
+        raise UserError("a multi-process run needs hydra.run.dir=DIR, the same directory for every process")
+    return argv + [f"hydra.run.dir=outputs/train/slurm-{os.environ['SLURM_JOB_ID']}.{os.environ['SLURM_STEP_ID']}"]
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = shared_run_dir(argv)
+    except UserError as e:
+        fail(PROG, message(e))
     app.hydra_main(PROG, "train", task, argv)
 
 
