@@ -15,9 +15,12 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from nstyle import distributed
+from nstyle._errors import UserError
 
 SUBMITIT_DIR = ".submitit"
 # SLURM job states in which the job may still start or is running (squeue's long names)
@@ -99,6 +102,21 @@ def states(job_ids: Iterable[str]) -> dict[str, str]:
 def ended(state: str | None) -> bool:
     """Whether a job in ``state`` will never run (again): it completed, failed or was cancelled."""
     return state is not None and state not in ACTIVE
+
+
+def shared_dir(argv: Sequence[str], key: str, folder: str) -> list[str]:
+    """``argv`` with a directory (``key``, e.g. ``hydra.run.dir``) all processes of a multi-process run share.
+
+    Hydra's defaults name directories after the time, which two processes may read a second
+    apart; in a SLURM step the job and step ids name it instead (``<folder>/slurm-<job>.<step>``).
+    Elsewhere the command line must give it. A single process gets ``argv`` unchanged.
+    """
+    argv = list(argv)
+    if distributed.launch_rank()[1] == 1 or any(a.split("=", 1)[0].lstrip("+") == key for a in argv):
+        return argv
+    if distributed.slurm_step() is None:
+        raise UserError(f"a multi-process run needs {key}=DIR, the same directory for every process")
+    return argv + [f"{key}={folder}/slurm-{os.environ['SLURM_JOB_ID']}.{os.environ['SLURM_STEP_ID']}"]
 
 
 # --------------------------------------------------------------------------- submitting

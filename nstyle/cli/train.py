@@ -17,14 +17,12 @@ must share one run directory: without ``hydra.run.dir`` it is ``outputs/train/sl
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from nstyle import distributed, train
 from nstyle._errors import UserError
-from nstyle.cli import app, figures, schema
+from nstyle.cli import app, figures, schema, slurm
 from nstyle.cli.errors import command, fail, message
 
 PROG = "nstyle-train"
@@ -67,27 +65,11 @@ def task(dcfg) -> float:
     return float(loss)
 
 
-def shared_run_dir(argv: Sequence[str]) -> list[str]:
-    """``argv``, with a run directory every process of a multi-process run computes alike.
-
-    Hydra's default names the directory after the time, which two processes may read a second
-    apart; under SLURM the job and step ids name it instead. Elsewhere the command line must.
-    """
-    argv = list(argv)
-    if "-m" in argv or "--multirun" in argv or distributed.launch_rank()[1] == 1:
-        return argv
-    if any(a.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for a in argv):
-        return argv
-    step = distributed.slurm_step()
-    if step is None:
-        raise UserError("a multi-process run needs hydra.run.dir=DIR, the same directory for every process")
-    return argv + [f"hydra.run.dir=outputs/train/slurm-{os.environ['SLURM_JOB_ID']}.{os.environ['SLURM_STEP_ID']}"]
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        argv = shared_run_dir(argv)
+        if "-m" not in argv and "--multirun" not in argv:
+            argv = slurm.shared_dir(argv, "hydra.run.dir", "outputs/train")
     except UserError as e:
         fail(PROG, message(e))
     app.hydra_main(PROG, "train", task, argv)
