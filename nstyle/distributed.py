@@ -126,7 +126,27 @@ def initialize(timeout_s: int = INIT_TIMEOUT_S) -> int:
             f"could not join the processes of this run ({first.strip()[:300]}); check that every task started "
             f"(srun --ntasks), that process 0's host name resolves, or set {MODE_ENV}=0 to run each task alone"
         ) from None
+    _open_communicator(timeout_s)
     return jax.process_count()
+
+
+def _open_communicator(timeout_s: int) -> None:
+    """Run one collective over all devices, with every process there at once.
+
+    On the CPU, the first collective over a set of devices opens gloo's connections, and a
+    process waits only 30 s there for the others; later collectives over the same devices
+    wait as long as it takes. Processes that compile a big step (the FastNet train step, a
+    sweep's step) at different speeds would arrive further apart than that, so the
+    connections are opened here, after a barrier of the coordination service (which
+    waits ``timeout_s``).
+    """
+    from jax._src import distributed as _jax_distributed  # the client's barrier has no public name
+    from jax.experimental import multihost_utils
+
+    client = getattr(_jax_distributed.global_state, "client", None)
+    if client is not None:
+        client.wait_at_barrier("nstyle-distributed-start", int(timeout_s) * 1000)
+    multihost_utils.sync_global_devices("nstyle-distributed-start")
 
 
 def is_main() -> bool:

@@ -22,12 +22,11 @@ Job status, from the most to the least certain evidence:
 Jobs the sweep defines but that have not started yet (their directory does not exist) are
 counted as ``pending`` from ``multirun.yaml``.
 
-A sweep submitted to SLURM (``+launcher=slurm``, or ``nstyle-sweep`` with it) is also checked
-against the scheduler (:mod:`nstyle.cli.slurm`): a job whose record says ``running`` or
-``pending`` but whose SLURM job ended (cancelled, timed out, out of memory, failed) is
-``died`` with SLURM's state as the error, also on another host; a task cancelled before it
-started, which has no directory, gets a ``died`` row of its own; a job submitted again (the
-sweep command rerun) is as pending or running as its new task.
+A job submitted to SLURM (``+launcher=slurm``, or ``nstyle-sweep`` with it) has a directory
+and a ``status.json`` (``pending``, its SLURM id, its overrides) from its submission on, and
+is checked against the scheduler (:mod:`nstyle.cli.slurm`): one whose record says
+``pending`` or ``running`` but whose SLURM job ended (cancelled before or while running,
+timed out, out of memory) is ``died``, with SLURM's word for it, also on another host.
 
 Outputs (``<sweep>/summary/`` by default, each written atomically, regenerated on each call):
 ``table.csv``, ``table.md`` (one row per job with its swept values, final content/style
@@ -193,7 +192,11 @@ def scan(sweep_dir: str | os.PathLike) -> list[Job]:
         raise CollectError(f"{sweep_dir}: not a directory; give the sweep directory (hydra.sweep.dir) of a multirun")
     jobs = []
     for path in find_job_dirs(sweep_dir):
+        record = _io.read_json(path / STATUS_FILE)
+        record = record if isinstance(record, dict) else {}
         raw = _read_yaml(path / ".hydra" / "overrides.yaml")
+        if raw is None:  # submitted, not started: the launcher's record names the job
+            raw = record.get("overrides")
         overrides = {}
         if isinstance(raw, list):
             for item in raw:
@@ -202,7 +205,8 @@ def scan(sweep_dir: str | os.PathLike) -> list[Job]:
                     overrides[kv[0]] = kv[1]
         status, metrics, error = _classify(path)
         num = _job_num(path)
-        record = _io.read_json(path / STATUS_FILE)
+        if num is None and isinstance(record.get("num"), int):
+            num = record["num"]
         jobs.append(
             Job(
                 name=str(path.relative_to(sweep_dir)),
@@ -212,59 +216,22 @@ def scan(sweep_dir: str | os.PathLike) -> list[Job]:
                 num=num if num is not None else 10**9,
                 metrics=metrics,
                 error=error,
-                slurm_job=str(record["slurm_job"]) if isinstance(record, dict) and record.get("slurm_job") else None,
+                slurm_job=str(record["slurm_job"]) if record.get("slurm_job") else None,
             )
         )
-    jobs = _with_slurm_states(sweep_dir, jobs)
+    jobs = _with_slurm_states(jobs)
     jobs.sort(key=lambda j: (j.num, j.name))
     return jobs
 
 
-def _with_slurm_states(sweep_dir: Path, jobs: list[Job]) -> list[Job]:
-    """``jobs`` corrected by what SLURM says of them, plus a row for each task that ended unstarted."""
-    arrays, plain = slurm.submitted(sweep_dir)
-    recorded = {j.slurm_job for j in jobs if j.slurm_job}
-    if not (arrays or plain or recorded):
-        return jobs
-    states = slurm.states(set(arrays) | plain | recorded)
-    members = expected_members(sweep_dir)
-    # Hydra's launcher submits a sweep as one array, task i = job i; the newest array is the
-    # latest submission of the sweep (a rerun submits every job again)
-    latest = max(arrays, key=int) if arrays else None
-    if latest is not None and (members is None or arrays[latest] != set(range(len(members)))):
-        latest = None  # not one whole sweep per array: tasks cannot be matched to jobs
-    for j in jobs:
-        if j.status == "completed":
-            continue
-        current = f"{latest}_{j.num}" if latest is not None else None
-        if current is not None and current != j.slurm_job and states.get(current) in slurm.ACTIVE:
-            j.status, j.error = ("pending" if states[current] == "PENDING" else "running"), None
-            j.slurm_job = current
-        elif j.status in ("running", "pending", "died") and j.slurm_job and slurm.ended(states.get(j.slurm_job)):
-            when = "before it started" if j.status == "pending" else "before the job finished"
-            j.status, j.error = "died", f"SLURM job {j.slurm_job} {states[j.slurm_job]} {when}"
-    if latest is not None and members is not None:
-        have = {j.num for j in jobs}
-        # a pending task cancelled before it started leaves no record at all, in squeue or
-        # sacct; while SLURM lists other tasks of its array, its absence says it is gone
-        listed = any(k.startswith(f"{latest}_") for k in states)
-        for num, overrides in enumerate(members):
-            task = f"{latest}_{num}"
-            state = states.get(task)
-            if num in have or not (slurm.ended(state) or (state is None and listed)):
-                continue
-            why = f"{state} before it started" if state else "was removed before it started (scancel)"
-            jobs.append(
-                Job(
-                    name=" ".join(overrides) or f"#{num}",
-                    path=sweep_dir / f".never-started-{num}",
-                    status="died",
-                    overrides=dict(kv for o in overrides if (kv := _split_override(o)) is not None),
-                    num=num,
-                    error=f"SLURM task {task} {why}",
-                    slurm_job=task,
-                )
-            )
+def _with_slurm_states(jobs: list[Job]) -> list[Job]:
+    """``jobs`` corrected by what SLURM says of the ones it ran (a ``slurm_job`` in ``status.json``)."""
+    waiting = [j for j in jobs if j.status in ("running", "pending", "died") and j.slurm_job]
+    states = slurm.states(j.slurm_job for j in waiting) if waiting else {}
+    for j in waiting:
+        state = states.get(j.slurm_job)
+        if slurm.ended(state):
+            j.status, j.error = "died", f"SLURM job {j.slurm_job} {slurm.describe(state)}"
     return jobs
 
 

@@ -1,6 +1,7 @@
 """The status file of a sweep job, written by Hydra's callback or by ``nstyle-sweep``.
 
-``status.json`` holds ``running`` (with pid, host and start time), then ``completed`` or
+``status.json`` holds ``pending`` (a job submitted to SLURM, not started: its overrides and
+SLURM id), ``running`` (with pid, host and start time), then ``completed`` or
 ``failed`` (with the error's first line), so the collector can tell a job that failed from
 one still running, and a running one whose process is gone (``died``). A job that runs under
 SLURM also records its ``slurm_job`` id (``<array job>_<task>`` for an array task), which the
@@ -38,15 +39,15 @@ def write_status(job_dir: str | os.PathLike, status: str, **extra: Any) -> None:
     """Record ``status`` for the job in ``job_dir``, keeping what an earlier record said."""
     path = Path(job_dir) / STATUS_FILE
     old = _io.read_json(path) or {}
-    if status == "running":  # (again: a rerun) what an earlier attempt ended with no longer holds
+    if status in ("pending", "running"):  # (again: a rerun) what an earlier attempt ended with no longer holds
         old = {k: v for k, v in old.items() if k not in ("ended", "error")}
     now = time.time()
     data = {**old, "status": status, "pid": os.getpid(), "host": socket.gethostname(), **extra}
     slurm = slurm_job_id()
     if slurm is not None:
         data["slurm_job"] = slurm
-    elif status == "running" and "slurm_job" not in extra:
-        data.pop("slurm_job", None)  # running here, not where an earlier attempt ran
+    elif status in ("pending", "running") and "slurm_job" not in extra:
+        data.pop("slurm_job", None)  # not where an earlier attempt ran
     data.setdefault("started", now)
     if status != "running":
         data["ended"] = now
@@ -55,6 +56,12 @@ def write_status(job_dir: str | os.PathLike, status: str, **extra: Any) -> None:
 
 def read_status(job_dir: str | os.PathLike) -> dict | None:
     return _io.read_json(Path(job_dir) / STATUS_FILE)
+
+
+def mark_submitted(job_dir: str | os.PathLike, slurm_job: str) -> None:
+    """Add the SLURM id to a job's ``pending`` record, unless the job has started already."""
+    if (read_status(job_dir) or {}).get("status") == "pending":
+        write_status(job_dir, "pending", slurm_job=slurm_job)
 
 
 class JobStatusCallback(_HydraCallback):  # type: ignore[misc,valid-type]

@@ -1,12 +1,13 @@
-"""What SLURM says about a sweep's jobs, and submitit executors built from ``hydra.launcher``.
+"""SLURM for the commands: what the scheduler says about a sweep's jobs, and how to submit and wait.
 
-A sweep launched through submitit (``+launcher=slurm``) leaves ``<sweep dir>/.submitit/``
-with one folder per SLURM job: ``<array>_<task>`` for the tasks of an array (Hydra's
-launcher submits a sweep as one array, task i = job i), ``<job>`` for a plain job. From
-those names and the ``slurm_job`` field of each ``status.json`` (:mod:`nstyle.cli.jobs`),
-:func:`states` asks ``squeue`` (jobs still known to the controller) and then ``sacct``
-(the accounting database, when the cluster has one) for each job's state, so the collector
-can tell a task that was cancelled or failed from one still pending or running.
+A job submitted to SLURM by nstyle (``+launcher=slurm``: Hydra's launcher for
+``nstyle-stylize -m`` / ``nstyle-train -m``, or ``nstyle-sweep``) has a ``status.json`` in its
+directory from the moment it is submitted: ``pending`` with its ``slurm_job`` id
+(``<array>_<task>``), then what the job itself records (:mod:`nstyle.cli.jobs`). :func:`states`
+asks ``squeue`` and ``sacct`` about such ids, so the collector and the waiting command can
+tell a job that was cancelled, timed out or ran out of memory from one still pending or
+running, on any host. submitit itself learns a job's end only from ``sacct`` and, for a task
+cancelled before it started (which leaves no record there), never.
 """
 
 from __future__ import annotations
@@ -15,108 +16,105 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from nstyle import distributed
 from nstyle._errors import UserError
 
-SUBMITIT_DIR = ".submitit"
 # SLURM job states in which the job may still start or is running (squeue's long names)
 ACTIVE = frozenset(
     {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "STOPPED"}
 )
-_TASK_DIR = re.compile(r"^(\d+)_(\d+)$")
-_JOB_DIR = re.compile(r"^(\d+)$")
+# a job squeue no longer lists and sacct does not know: removed before it started, or long finished
+GONE = "GONE"
 _TIMEOUT_S = 20
 
 
-def submitted(sweep_dir: str | os.PathLike) -> tuple[dict[str, set[int]], set[str]]:
-    """``({array id: {task indices}}, {plain job ids})`` of the jobs submitit submitted for a sweep."""
-    arrays: dict[str, set[int]] = {}
-    plain: set[str] = set()
-    folder = Path(sweep_dir) / SUBMITIT_DIR
-    if not folder.is_dir():
-        return arrays, plain
-    for p in folder.iterdir():
-        if m := _TASK_DIR.match(p.name):
-            arrays.setdefault(m.group(1), set()).add(int(m.group(2)))
-        elif _JOB_DIR.match(p.name):
-            plain.add(p.name)
-    return arrays, plain - set(arrays)  # an array's own folder (its submission script) is no job
-
-
-def _run(cmd: list[str]) -> str | None:
+def _run(cmd: list[str]) -> subprocess.CompletedProcess | None:
     if shutil.which(cmd[0]) is None:
         return None
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # not the caller's own job
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S, env=env)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
-    return r.stdout if r.returncode == 0 else None
-
-
-def _expand(job_id: str) -> list[str]:
-    """``'12_[2-4,7]'`` (sacct's way to write an array's pending tasks) -> ``['12_2', '12_3', '12_4', '12_7']``."""
-    m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", job_id)
-    if m is None:
-        return [job_id]
-    out = []
-    for part in m.group(2).split(","):
-        lo, _, hi = part.partition("-")
-        out += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
-    return out
 
 
 def _parse(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
         job_id, sep, state = line.strip().partition("|")
-        if sep and job_id:
-            for j in _expand(job_id):
-                out[j] = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+        if sep and job_id and "[" not in job_id:  # sacct's "12_[3-5]": pending tasks squeue lists one by one
+            out[job_id] = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
     return out
 
 
 def states(job_ids: Iterable[str]) -> dict[str, str]:
-    """``{job id: state}`` (``'12_3'``: task 3 of array 12) for every job SLURM still knows of.
+    """``{job id: state}`` for SLURM jobs (``'12_3'``: task 3 of array 12; ``'15'``: a plain job).
 
-    ``squeue`` first (it keeps a finished job for the cluster's MinJobAge), ``sacct`` for the
-    rest. An array's id stands for all its tasks. Empty when neither knows them, or there is
-    no SLURM here (a copy of the sweep on another machine).
+    ``squeue`` knows every pending and running job, and a finished one for the cluster's
+    MinJobAge; ``sacct`` (a cluster with accounting) every job that ever started. A job
+    neither knows is :data:`GONE`: removed before it started (``scancel`` of a pending array
+    task leaves no record), or finished long ago. Jobs are left out when there is no SLURM
+    to ask (a copy of the sweep on another machine).
     """
-    bases = sorted({str(j).split("_")[0] for j in job_ids})
-    if not bases:
+    ids = sorted({str(j) for j in job_ids})
+    if not ids:
         return {}
-    found = _parse(_run(["squeue", "-h", "-t", "all", "-r", "-j", ",".join(bases), "-o", "%i|%T"]) or "")
-    missing = [b for b in bases if not any(k == b or k.startswith(b + "_") for k in found)]
+    r = _run(["squeue", "-h", "-t", "all", "-r", "-j", ",".join(ids), "-o", "%i|%T"])
+    if r is None or (r.returncode != 0 and "Invalid job id" not in r.stderr):
+        return {}  # no controller to ask: know nothing
+    listed = _parse(r.stdout if r.returncode == 0 else "")
+    found = {j: listed[j] for j in ids if j in listed}
+    missing = [j for j in ids if j not in found]
     if missing:
-        text = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobID,State"])
-        for k, v in _parse(text or "").items():
-            found.setdefault(k, v)
+        r = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobID,State"])
+        known = _parse(r.stdout) if r is not None and r.returncode == 0 else {}
+        for j in missing:
+            found[j] = known.get(j, GONE)
     return found
 
 
 def ended(state: str | None) -> bool:
-    """Whether a job in ``state`` will never run (again): it completed, failed or was cancelled."""
+    """Whether a job in ``state`` will never run (again): it completed, failed, was cancelled or is gone."""
     return state is not None and state not in ACTIVE
 
 
-def shared_dir(argv: Sequence[str], key: str, folder: str) -> list[str]:
-    """``argv`` with a directory (``key``, e.g. ``hydra.run.dir``) all processes of a multi-process run share.
+def wait(job, poll_s: float = 5.0) -> str | None:
+    """Wait for a submitit job; None when every task returned, else why not (one line).
 
-    Hydra's defaults name directories after the time, which two processes may read a second
-    apart; in a SLURM step the job and step ids name it instead (``<folder>/slurm-<job>.<step>``).
-    Elsewhere the command line must give it. A single process gets ``argv`` unchanged.
+    Polls submitit (the result files) and :func:`states`: a job SLURM says has ended, yet
+    without a result after a few more polls, died (cancelled before or while running, out
+    of memory, timed out, node failure).
     """
-    argv = list(argv)
-    if distributed.launch_rank()[1] == 1 or any(a.split("=", 1)[0].lstrip("+") == key for a in argv):
-        return argv
-    if distributed.slurm_step() is None:
-        raise UserError(f"a multi-process run needs {key}=DIR, the same directory for every process")
-    return argv + [f"{key}={folder}/slurm-{os.environ['SLURM_JOB_ID']}.{os.environ['SLURM_STEP_ID']}"]
+    gone_since = None
+    while not job.done():
+        state = states([job.job_id]).get(job.job_id)
+        if ended(state):
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since > 3 * poll_s:  # its result file would be there by now
+                return f"SLURM job {job.job_id} {describe(state)}"
+        else:
+            gone_since = None
+        time.sleep(poll_s)
+    try:
+        job.results()  # every task's (a job of several processes has one per process)
+    except Exception as e:  # noqa: BLE001 -- submitit's own errors, or the job's with its traceback
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if type(e).__name__ == "UncompletedJobError":  # ended without a result file
+            m = re.search(r"state: ([A-Z_]+)", str(e))
+            return f"SLURM job {job.job_id} {describe(m.group(1) if m else 'UNKNOWN')}"
+        return next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else type(e).__name__)
+    return None
+
+
+def describe(state: str) -> str:
+    """A SLURM state as the end of a sentence about a job that did not finish."""
+    if state == GONE:
+        return "is gone without a result (cancelled before it started?)"
+    return f"ended {state} without a result"
 
 
 # --------------------------------------------------------------------------- submitting
@@ -140,3 +138,18 @@ def executor(launcher: Mapping[str, Any], folder: str | os.PathLike):
     generic |= {"stderr_to_stdout"}
     ex.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in params.items()})
     return ex
+
+
+def shared_dir(argv: Sequence[str], key: str, folder: str) -> list[str]:
+    """``argv`` with a directory (``key``, e.g. ``hydra.run.dir``) all processes of a multi-process run share.
+
+    Hydra's defaults name directories after the time, which two processes may read a second
+    apart; in a SLURM step the job and step ids name it instead (``<folder>/slurm-<job>.<step>``).
+    Elsewhere the command line must give it. A single process gets ``argv`` unchanged.
+    """
+    argv = list(argv)
+    if distributed.launch_rank()[1] == 1 or any(a.split("=", 1)[0].lstrip("+") == key for a in argv):
+        return argv
+    if distributed.slurm_step() is None:
+        raise UserError(f"a multi-process run needs {key}=DIR, the same directory for every process")
+    return argv + [f"{key}={folder}/slurm-{os.environ['SLURM_JOB_ID']}.{os.environ['SLURM_STEP_ID']}"]

@@ -276,53 +276,30 @@ def _run_on_slurm(batches: list[Batch], launcher: dict, quiet: bool, poll_s: flo
     """Submit each batch as a task of one SLURM array and wait for them; returns the failed member count."""
     ex = slurm.executor({**launcher, "name": launcher.get("name") or PROG}, launcher["submitit_folder"])
     for b in batches:
-        for d in b.dirs:
-            _status(d, "pending")
+        for d, m in zip(b.dirs, b.members):
+            _status(d, "pending", overrides=m.overrides, num=m.num)
     with ex.batch():
         submitted = [ex.submit(batch_job, b.cfgs, [str(d) for d in b.dirs]) for b in batches]
     for job, b in zip(submitted, batches):
         for d in b.dirs:
-            if (jobs.read_status(d) or {}).get("status") == "pending":  # not started yet
-                _status(d, "pending", slurm_job=job.job_id)
+            jobs.mark_submitted(d, job.job_id)
     if not quiet:
         ids = ", ".join(j.job_id for j in submitted)
         print(f"{PROG}: {len(batches)} batches submitted to SLURM ({ids}); waiting for them", file=sys.stderr)
     failed = 0
     for job, b in zip(submitted, batches):
-        error = _wait(job, poll_s)
+        error = slurm.wait(job, poll_s)
         if error is None:
             if not quiet:
                 print(f"{PROG}: SLURM job {job.job_id} done: {len(b.dirs)} members", file=sys.stderr)
             continue
         print(f"{PROG}: SLURM job {job.job_id} failed: {error}", file=sys.stderr)
         for d in b.dirs:
-            if (jobs.read_status(d) or {}).get("status") != "completed":
-                if (jobs.read_status(d) or {}).get("status") != "failed":
-                    _status(d, "failed", error=error[:500], slurm_job=job.job_id)
-                failed += 1
+            status = (jobs.read_status(d) or {}).get("status")
+            if status in ("pending", "running"):
+                _status(d, "failed", error=error[:500], slurm_job=job.job_id)
+            failed += status != "completed"
     return failed
-
-
-def _wait(job, poll_s: float) -> str | None:
-    """Wait for a submitit job; None if it returned, else why not (one line).
-
-    submitit learns that a job died only from ``sacct``; on a cluster without accounting it
-    would wait forever for a cancelled job, so ``squeue`` is asked too.
-    """
-    gone_since = None
-    while not job.done():
-        state = slurm.states([job.job_id]).get(job.job_id)
-        if slurm.ended(state):
-            gone_since = gone_since or time.monotonic()
-            if time.monotonic() - gone_since > 3 * poll_s:  # its result file would be there by now
-                return f"SLURM job {job.job_id} ended {state} without a result"
-        time.sleep(poll_s)
-    try:
-        job.results()  # every task's (a job of several processes has one per process)
-    except Exception as e:  # noqa: BLE001 -- submitit re-raises the job's error with its traceback
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        return next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else type(e).__name__)
-    return None
 
 
 def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) -> tuple[Path, int]:
