@@ -22,7 +22,7 @@ demo: weights
 	$(VENV)/bin/nstyle-stylize
 
 test: weights
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=12 tests
 
 # ruff: lint and formatting (configured in pyproject.toml)
 lint: $(STAMP)

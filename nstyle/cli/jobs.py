@@ -36,20 +36,25 @@ def slurm_job_id(env: dict | None = None) -> str | None:
 
 
 def write_status(job_dir: str | os.PathLike, status: str, **extra: Any) -> None:
-    """Record ``status`` for the job in ``job_dir``, keeping what an earlier record said."""
+    """Record ``status`` for the job in ``job_dir``, keeping what an earlier record said.
+
+    ``pending`` is written by the submitting process; every other status by the job's own
+    process (its pid, host and SLURM id), except ``failed`` for a job that died unheard.
+    """
     path = Path(job_dir) / STATUS_FILE
     old = _io.read_json(path) or {}
-    if status in ("pending", "running"):  # (again: a rerun) what an earlier attempt ended with no longer holds
-        old = {k: v for k, v in old.items() if k not in ("ended", "error")}
+    if status in ("pending", "running"):  # a new attempt: what an earlier one recorded no longer holds
+        old = {k: v for k, v in old.items() if k not in ("started", "ended", "error", "slurm_job", "pid", "host")}
+    data = {**old, "status": status}
     now = time.time()
-    data = {**old, "status": status, "pid": os.getpid(), "host": socket.gethostname(), **extra}
-    slurm = slurm_job_id()
-    if slurm is not None:
-        data["slurm_job"] = slurm
-    elif status in ("pending", "running") and "slurm_job" not in extra:
-        data.pop("slurm_job", None)  # not where an earlier attempt ran
-    data.setdefault("started", now)
-    if status != "running":
+    if status != "pending":
+        data.update(pid=os.getpid(), host=socket.gethostname())
+        slurm = slurm_job_id()
+        if slurm is not None:
+            data["slurm_job"] = slurm
+        data.setdefault("started", now)
+    data.update(extra)
+    if status not in ("pending", "running"):
         data["ended"] = now
     _io.write_json(path, data)
 
