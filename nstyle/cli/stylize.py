@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from nstyle import _io, images, memory, optimize, runinfo, transfer, weights
+from nstyle import _io, distributed, images, memory, optimize, runinfo, transfer, weights
 from nstyle._errors import UserError
 from nstyle.cli import app, schema
 from nstyle.cli.errors import EXIT_INTERRUPTED, fail, message
@@ -187,6 +187,11 @@ def task(cfg) -> float:
         loss = done["final_loss"]
         return float(loss) if isinstance(loss, (int, float)) else math.nan
     try:
+        if distributed.launch_rank()[1] > 1:  # N copies of one job would race for its files
+            raise UserError(
+                "nstyle-stylize runs each job as one process; use hydra.launcher.tasks_per_node=1 "
+                "(nstyle-sweep splits a batch over several processes)"
+            )
         _xla.persistent_cache()  # a sweep's later jobs (and the next run) reuse the compiled step
         s = schema.stylize_settings(cfg, typed)
         max_mem = int(cfg.max_memory_gb * 2**30) if cfg.max_memory_gb is not None else None
