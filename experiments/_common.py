@@ -164,11 +164,8 @@ def lpips(a: np.ndarray, b: np.ndarray, net: str) -> float:
 
 def settings_of(cfg: Any, keys: Sequence[str]) -> dict:
     """``{"size": 256, "optim": "lbfgs×500", ...}`` for a figure footer."""
-    out = {}
-    for k in keys:
-        v = getattr(cfg, k)
-        out[k] = v
-    out["optim"] = f"{cfg.optim.name}×{cfg.optim.steps}" + (f" lr={cfg.optim.lr}" if cfg.optim.lr else "")
+    out = {k: getattr(cfg, k) for k in keys}
+    out["optim"] = f"{cfg.optim.name.value}×{cfg.optim.steps}" + (f" lr={cfg.optim.lr}" if cfg.optim.lr else "")
     return out
 
 
