@@ -330,7 +330,7 @@ kw = dict(content=images.load_image("builtin:chelsea", 24), styles=[images.load_
           optim=optimize.OptimConfig(steps=5))
 split = optimize.stylize_batch(params, loss, mesh=distributed.make_mesh(), **kw)   # 3 images padded to 4
 alone = optimize.stylize_batch(params, loss, **kw)                                 # one device
-assert split.images.shape == alone.images.shape == (3, 18, 24, 3), split.images.shape
+assert split.images.shape == alone.images.shape == (3, 16, 24, 3), split.images.shape
 np.testing.assert_array_equal(images.to_uint8(split.images), images.to_uint8(alone.images))
 for k in alone.history:
     np.testing.assert_allclose(split.history[k], alone.history[k], rtol=1e-6, err_msg=k)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -190,10 +191,25 @@ class TrainSchema:
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore (idempotent)."""
+    """Put the schemas in Hydra's ConfigStore and let Hydra find nstyle's launcher (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="stylize_schema", node=StylizeSchema)
     cs.store(name="train_schema", node=TrainSchema)
+    _expose_launcher_plugin()
+
+
+def _expose_launcher_plugin() -> None:
+    """Hydra instantiates only the launchers it found walking the directories of the
+    ``hydra_plugins`` namespace; an editable install maps ``hydra_plugins.nstyle_launcher``
+    through an import hook instead of a directory, which that walk does not see."""
+    try:
+        import hydra_plugins
+        import hydra_plugins.nstyle_launcher as plugin
+    except ImportError:
+        return
+    parent = Path(plugin.__file__).resolve().parent.parent
+    if all(Path(p).resolve() != parent for p in hydra_plugins.__path__ if Path(p).is_dir()):
+        hydra_plugins.__path__.append(str(parent))
 
 
 # ------------------------------------------------------------------------------ checking
