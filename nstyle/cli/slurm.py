@@ -82,22 +82,24 @@ def ended(state: str | None) -> bool:
     return state is not None and state not in ACTIVE
 
 
-def wait(job, poll_s: float = 5.0) -> str | None:
+def wait(job, poll_s: float = 2.0, result_grace_s: float = 60.0) -> str | None:
     """Wait for a submitit job; None when every task returned, else why not (one line).
 
-    Polls submitit (the result files) and :func:`states`: a job SLURM says has ended, yet
-    without a result after a few more polls, died (cancelled before or while running, out
-    of memory, timed out, node failure).
+    Polls submitit (the result files) and :func:`states`: a job SLURM says has ended without
+    a result died (cancelled before or while running, out of memory, timed out, node
+    failure). One that ``COMPLETED`` gets ``result_grace_s`` for its result file to show
+    (a shared filesystem may show it late).
     """
-    gone_since = None
+    ended_at = None
     while not job.done():
         state = states([job.job_id]).get(job.job_id)
         if ended(state):
-            gone_since = gone_since or time.monotonic()
-            if time.monotonic() - gone_since > 3 * poll_s:  # its result file would be there by now
+            ended_at = ended_at or time.monotonic()
+            grace = result_grace_s if state == "COMPLETED" else poll_s
+            if time.monotonic() - ended_at > grace:
                 return f"SLURM job {job.job_id} {describe(state)}"
         else:
-            gone_since = None
+            ended_at = None
         time.sleep(poll_s)
     try:
         job.results()  # every task's (a job of several processes has one per process)

@@ -272,7 +272,7 @@ def _run_here(batch: Batch, quiet: bool) -> bool:
     return True
 
 
-def _run_on_slurm(batches: list[Batch], launcher: dict, quiet: bool, poll_s: float = 5.0) -> int:
+def _run_on_slurm(batches: list[Batch], launcher: dict, quiet: bool) -> int:
     """Submit each batch as a task of one SLURM array and wait for them; returns the failed member count."""
     ex = slurm.executor({**launcher, "name": launcher.get("name") or PROG}, launcher["submitit_folder"])
     for b in batches:
@@ -288,7 +288,7 @@ def _run_on_slurm(batches: list[Batch], launcher: dict, quiet: bool, poll_s: flo
         print(f"{PROG}: {len(batches)} batches submitted to SLURM ({ids}); waiting for them", file=sys.stderr)
     failed = 0
     for job, b in zip(submitted, batches):
-        error = slurm.wait(job, poll_s)
+        error = slurm.wait(job)
         if error is None:
             if not quiet:
                 print(f"{PROG}: SLURM job {job.job_id} done: {len(b.dirs)} members", file=sys.stderr)
