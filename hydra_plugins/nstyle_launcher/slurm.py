@@ -55,6 +55,8 @@ if _SubmititSlurmLauncher is not None:
             assert self.config is not None
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
+            if "mode" in self.config.hydra.sweep:  # as the parent does
+                sweep_dir.chmod(int(str(self.config.hydra.sweep.mode), 8))
             log.info(f"nstyle SLURM launcher, sweep output dir: {sweep_dir}")
             returns: list[JobReturn | None] = [None] * len(job_overrides)
             todo: list[tuple[int, tuple, Path | None]] = []
