@@ -21,6 +21,7 @@ METHOD.md's sums), :func:`make_train_step` (one jitted, data-parallel step),
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -38,7 +39,21 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from nstyle import _io, _xla, checkpoint, data, distributed, fastnet, images, losses, runinfo, vgg, weights
+from nstyle import (
+    _io,
+    _rundir,
+    _xla,
+    checkpoint,
+    data,
+    distributed,
+    fastnet,
+    images,
+    losses,
+    memory,
+    runinfo,
+    vgg,
+    weights,
+)
 from nstyle._errors import UserError
 
 log = logging.getLogger("nstyle.train")
@@ -321,6 +336,7 @@ class _Run:
     loss_params: vgg.VGGParams
     folder: data.ImageFolder
     style_image: np.ndarray  # (Hs, Ws, 3)
+    style_sha256: str  # of the style image file
     validation: list[np.ndarray]  # [(h, w, 3)]
     optimizer: optax.GradientTransformation
     mesh: Mesh
@@ -331,9 +347,11 @@ def _prepare(cfg: TrainConfig) -> _Run:
     n = jax.device_count()
     if cfg.batch % n:
         raise UserError(f"batch={cfg.batch} does not split over {n} devices; use a multiple of {n}")
+    check_memory(cfg, memory.available_bytes())
     style_image = images.load_image(cfg.style, max_side=cfg.loss.style_size or cfg.size)
     validation = [images.load_image(v, max_side=cfg.sample_size) for v in cfg.validation]
     folder = data.ImageFolder.scan(cfg.data)
+    folder.check_readable()
     loss_params = weights.load(cfg.loss.network)
     loss, _ = perceptual_loss_for(cfg.loss, cfg.size, loss_params)
     return _Run(
@@ -342,56 +360,157 @@ def _prepare(cfg: TrainConfig) -> _Run:
         loss_params=loss_params,
         folder=folder,
         style_image=style_image,
+        style_sha256=_io.sha256_file(images.resolve(cfg.style)),
         validation=validation,
         optimizer=make_optimizer(cfg.optim, cfg.steps),
         mesh=make_mesh(),
     )
 
 
+def needed_bytes(cfg: TrainConfig, size: int | None = None) -> int:
+    """Estimated peak memory of one training step on one device (:func:`memory.training_bytes`)."""
+    size = cfg.size if size is None else size
+    content, style = DEFAULT_LAYERS[cfg.loss.network]
+    layers = tuple(cfg.loss.content_layers or content) + tuple(cfg.loss.style_layers or style)
+    per_device = max(cfg.batch // jax.device_count(), 1)
+    step = memory.training_bytes(
+        size, per_device, cfg.net.width, cfg.net.blocks, layers, cfg.loss.network, cfg.loss.style_size
+    )
+    side = cfg.sample_size  # the validation stylisations: a forward pass, no gradients
+    sample = memory.fastnet_activation_bytes(side, side, cfg.net.width, cfg.net.blocks) / memory.BACKWARD_FACTOR
+    return int(max(step, sample))
+
+
+def check_memory(cfg: TrainConfig, budget_bytes: int) -> None:
+    """Refuse, before anything is allocated, a training step that would not fit in ``budget_bytes``."""
+    need = needed_bytes(cfg)
+    if need <= budget_bytes:
+        return
+    fit = 0
+    lo, hi = 16, cfg.size  # sizes are multiples of 4; need grows with size
+    while lo <= hi:
+        mid = (lo + hi) // 8 * 4
+        if needed_bytes(cfg, mid) <= budget_bytes:
+            fit, lo = mid, mid + 4
+        else:
+            hi = mid - 4
+    hint = f"size={fit} would fit" if fit else "no size fits at this batch"
+    raise memory.MemoryBudgetError(
+        f"size={cfg.size}, batch={cfg.batch}: a training step needs about {need / 2**30:.1f} GiB but only "
+        f"{budget_bytes / 2**30:.1f} GiB is available; {hint} (or lower batch, net.width or loss.style_size)"
+    )
+
+
+def identity(cfg: TrainConfig, run: _Run) -> dict:
+    """What defines a training run, flat and JSON-plain: the style image (its sha256), the
+    data folder's digest, the crops, the seed, the network, the loss and the optimiser.
+    A resume must match it exactly; ``steps`` (and logging, sampling, checkpointing) may change."""
+    out = {
+        "style_sha256": run.style_sha256,
+        "data_digest": run.folder.digest,
+        "size": cfg.size,
+        "batch": cfg.batch,
+        "seed": cfg.seed,
+        "crop_scale": list(cfg.crop_scale),
+    }
+    for group in ("net", "loss", "optim"):
+        out.update({f"{group}.{k}": v for k, v in dataclasses.asdict(getattr(cfg, group)).items()})
+    return _io.to_jsonable(out)
+
+
+def check_identity(recorded: dict, now: dict, ckpt: Path) -> None:
+    """Refuse to resume ``ckpt`` (whose info holds ``recorded``) with a run that differs in any key."""
+    differ = [k for k in now if k in recorded and recorded[k] != now[k]] + [k for k in now if k not in recorded]
+
+    def show(v):
+        return f"{v[:12]}…" if isinstance(v, str) and len(v) == 64 else v
+
+    if differ:
+        shown = ", ".join(f"{k}={show(recorded.get(k, '?'))} there, {show(now[k])} now" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise checkpoint.CheckpointError(
+            f"{ckpt.parent.parent} holds another run's checkpoints ({shown}{more}); resume with the same "
+            f"settings (only steps may change) or choose a new hydra.run.dir"
+        )
+
+
 def restore_or_init(cfg: TrainConfig, run: _Run, workdir: Path) -> TrainState:
-    """The newest readable checkpoint of ``workdir`` (checked against ``cfg``), else a fresh state."""
-    init_key = jax.random.split(jax.random.key(cfg.seed))[0]
-    state = init_state(run.net, run.optimizer, init_key, run.mesh)
+    """The newest readable checkpoint of ``workdir`` (checked against ``cfg``), else a fresh state.
+
+    Damaged checkpoints are moved aside and named in a warning; if only damaged ones are
+    left, the run stops rather than start over. A checkpoint of another run (see
+    :func:`identity`) is refused, naming the keys that differ.
+    """
     ckpt_dir = workdir / "checkpoints"
-    if not cfg.resume and checkpoint.all_steps(ckpt_dir):
+    if not cfg.resume and (checkpoint.all_steps(ckpt_dir) or checkpoint.damaged(ckpt_dir)):
         raise UserError(
             f"{ckpt_dir} already holds checkpoints and resume=false; use a new run directory "
             f"(or resume=true to continue that run)"
         )
-    last = _agreed_checkpoint(ckpt_dir) if cfg.resume else None
+    last, info = _agreed_checkpoint(ckpt_dir) if cfg.resume else (None, None)
+    if last is not None:
+        if "identity" in info:
+            check_identity(info["identity"], identity(cfg, run), last)
+        else:  # written before checkpoints recorded their run's identity
+            for key in ("seed", "batch", "size"):
+                if info.get("config", {}).get(key) != getattr(cfg, key):
+                    raise checkpoint.CheckpointError(
+                        f"{workdir}: its checkpoints were made with {key}={info['config'].get(key)}, "
+                        f"not {getattr(cfg, key)}; use the same {key} or a new run directory"
+                    )
+        if info["step"] > cfg.steps:
+            raise UserError(f"{last} is at step {info['step']}, past steps={cfg.steps}; give steps>={info['step']}")
+    init_key = jax.random.split(jax.random.key(cfg.seed))[0]
+    state = init_state(run.net, run.optimizer, init_key, run.mesh)
     if last is None:
         if distributed.is_main():
             _truncate_log(workdir / "metrics.csv", 0)  # a fresh start in a used directory: not this run's log
         return state
     tree, info = checkpoint.restore(last, like=state._asdict())
-    for key in ("seed", "batch", "size"):
-        if info.get("config", {}).get(key) != getattr(cfg, key):
-            raise UserError(
-                f"{workdir}: its checkpoints were made with {key}={info['config'].get(key)}, "
-                f"not {getattr(cfg, key)}; use the same {key} or a new run directory"
-            )
-    if info.get("data", {}).get("digest") != run.folder.digest:
-        log.warning(
-            "the data folder changed since the checkpoint: batches after step %d differ from the original run",
-            info["step"],
-        )
     state = TrainState(**tree)
     start = int(state.step)
-    if start > cfg.steps:
-        raise UserError(f"{last} is at step {start}, past steps={cfg.steps}; give steps>={start}")
     log.info("resuming from %s (step %d)", last.name, start)
     if distributed.is_main():
         _truncate_log(workdir / "metrics.csv", start)
     return distributed.put(state, distributed.replicated(run.mesh))
 
 
-def _agreed_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest readable checkpoint as process 0 sees it; every process of a run takes that one."""
-    last = checkpoint.latest(ckpt_dir)
-    if jax.process_count() == 1:
-        return last
-    step = int(distributed.broadcast(np.int32(-1 if last is None else checkpoint.step_of(last))))
-    return None if step < 0 else checkpoint.path_for(ckpt_dir, step)
+def _agreed_checkpoint(ckpt_dir: Path) -> tuple[Path | None, dict | None]:
+    """``(checkpoint, its info)`` to resume from, as process 0 chose it; every process of a run takes that one.
+
+    Process 0 alone moves damaged checkpoints aside; if it refuses to resume, the others stop too.
+    """
+    last, info, refused = None, None, None
+    if distributed.is_main():
+        try:
+            last, info = _newest_readable(ckpt_dir)
+        except UserError as e:
+            refused = e
+    if jax.process_count() > 1:
+        step = -2 if refused is not None else -1 if last is None else checkpoint.step_of(last)
+        step = int(distributed.broadcast(np.int32(step)))
+        if step == -2 and refused is None:
+            raise checkpoint.CheckpointError(f"{ckpt_dir}: process 0 refused to resume from it (its log says why)")
+        if step >= 0 and last is None:
+            last = checkpoint.path_for(ckpt_dir, step)
+            info = checkpoint.read(last)[1]
+    if refused is not None:
+        raise refused
+    return last, info
+
+
+def _newest_readable(ckpt_dir: Path) -> tuple[Path | None, dict | None]:
+    """The newest readable checkpoint and its info; damaged ones are moved aside (and named)."""
+    last, info, moved = checkpoint.latest_readable(ckpt_dir)
+    for path, why in moved:
+        log.warning("damaged checkpoint moved aside as %s: %s", path.name, why)
+    if last is None and checkpoint.damaged(ckpt_dir):
+        names = ", ".join(p.name for p in checkpoint.damaged(ckpt_dir))
+        raise checkpoint.CheckpointError(
+            f"{ckpt_dir} holds no readable checkpoint, only damaged ones ({names}); delete them to start "
+            f"this run over, or put a good checkpoint back"
+        )
+    return last, info
 
 
 class _Logger:
@@ -471,6 +590,7 @@ def _loop(
     main = distributed.is_main()
     logger = _Logger(workdir / "metrics.csv", cfg, start, writer=main)
     ckpt_dir = workdir / "checkpoints"
+    run_identity = identity(cfg, run)
     try:
         for step in range(start, cfg.steps):
             state, metrics = train_step(state, loader.next(), step_key)
@@ -480,6 +600,7 @@ def _loop(
                 save_samples(workdir, done, run, state.params)
             if main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 info = {
+                    "identity": run_identity,
                     "config": {"seed": cfg.seed, "batch": cfg.batch, "size": cfg.size},
                     "data": {
                         "samples_seen": done * cfg.batch,
@@ -520,24 +641,40 @@ def _sampler(net: fastnet.FastNetConfig):
     return _xla.jit(lambda p, x: fastnet.stylize(net, p, x))
 
 
-def train(cfg: TrainConfig, workdir: str | os.PathLike, on_checkpoint: Callable[[int], Any] | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    workdir: str | os.PathLike,
+    on_checkpoint: Callable[[int], Any] | None = None,
+    on_start: Callable[[], Any] | None = None,
+) -> dict:
     """Train (or resume) in ``workdir``; returns the summary also written to ``metrics.json``.
 
-    ``on_checkpoint(step)`` is called after each checkpoint is written (the command line
-    redraws its loss plot there).
+    The run holds ``workdir``'s lock (:mod:`nstyle._rundir`) from its first check to its last
+    write. Every input, the memory a step needs, that ``workdir`` can be written and that its
+    checkpoints belong to this run are checked before anything is written; then
+    ``on_start()`` is called (the command line records its config there), and
+    ``on_checkpoint(step)`` after each checkpoint (it redraws the loss plot).
     """
     workdir = Path(workdir)
-    run = _prepare(cfg)
-    workdir.mkdir(parents=True, exist_ok=True)
-    state = restore_or_init(cfg, run, workdir)
-    start = int(state.step)
-    state, last_row, skipped = _loop(cfg, run, state, workdir, on_checkpoint)
-    if not last_row:  # nothing trained in this process (resumed at the last step): the log's last row
-        rows = read_log(workdir / "metrics.csv")
-        last_row = rows[-1] if rows else {}
-    if distributed.is_main() and not (workdir / "samples" / f"step_{cfg.steps:07d}.png").exists():
-        save_samples(workdir, cfg.steps, run, state.params)
-    return export(cfg, run, state, workdir, start=start, last_row=last_row, skipped=skipped)
+    main = distributed.is_main()
+    # process 0 owns the directory; the others of a multi-process run only read from it
+    with _rundir.hold(workdir) if main else contextlib.nullcontext():
+        if main:
+            _rundir.check_writable(workdir, workdir / "checkpoints", workdir / "samples")
+        run = _prepare(cfg)
+        state = restore_or_init(cfg, run, workdir)
+        if main:
+            _rundir.remove_stale_temporaries(workdir, ["checkpoints", "samples"])
+            if on_start is not None:
+                on_start()
+        start = int(state.step)
+        state, last_row, skipped = _loop(cfg, run, state, workdir, on_checkpoint)
+        if not last_row:  # nothing trained in this process (resumed at the last step): the log's last row
+            rows = read_log(workdir / "metrics.csv")
+            last_row = rows[-1] if rows else {}
+        if main and not (workdir / "samples" / f"step_{cfg.steps:07d}.png").exists():
+            save_samples(workdir, cfg.steps, run, state.params)
+        return export(cfg, run, state, workdir, start=start, last_row=last_row, skipped=skipped)
 
 
 def export(

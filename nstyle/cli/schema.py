@@ -233,6 +233,19 @@ def check_known_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
             check_known_keys(node, sub, prefix=f"{prefix}{key}.")
 
 
+def unknown_key_message(key: str, schema: type) -> str:
+    """ "unknown key 'loss.alpah'; valid keys here: loss.alpha, ..." for a dotted ``key`` of ``schema``."""
+    prefix, node = "", schema
+    for part in key.split(".")[:-1]:
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        sub = _nested_schema(fields[part]) if part in fields else None
+        if sub is None:
+            break
+        prefix, node = f"{prefix}{part}.", sub
+    names = ", ".join(prefix + f.name for f in dataclasses.fields(node))
+    return f"unknown key '{key}'; valid keys here: {names}"
+
+
 def _nested_schema(field: dataclasses.Field) -> type | None:
     """The schema dataclass a field holds (from its default factory), or None."""
     if field.default_factory is dataclasses.MISSING:

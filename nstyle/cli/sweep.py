@@ -248,16 +248,26 @@ def batch_job(cfgs: list, job_dirs: list[str]) -> dict:
 
 @dataclasses.dataclass
 class Batch:
-    cfgs: list  # the members' task configs
+    cfgs: list  # the members' composed configs (with their hydra node)
     dirs: list[Path]
     members: list[Member]
 
+    def write_job_files(self, fixed: list[str]) -> None:
+        """Hydra's records of each member (process 0)."""
+        if distributed.is_main():
+            for cfg, d, m in zip(self.cfgs, self.dirs, self.members):
+                _write_job_files(d, cfg, fixed + m.overrides, m.num)
 
-def _run_here(batch: Batch, quiet: bool) -> bool:
-    """Run one batch in this process; True if it completed."""
+    def task_configs(self) -> list:
+        return [task_config(c) for c in self.cfgs]
+
+
+def _run_here(batch: Batch, fixed: list[str], quiet: bool) -> bool:
+    """Run one batch in this process (with the others of a multi-process run); True if it completed."""
+    batch.write_job_files(fixed)
     t0 = time.perf_counter()
     try:
-        out = run_batch(batch.cfgs, batch.dirs)
+        out = run_batch(batch.task_configs(), batch.dirs)
     except Exception as e:  # noqa: BLE001 -- a failed batch is reported in its jobs; go on
         msg = message(e) if isinstance(e, UserError) else f"{type(e).__name__}: {message(e)}"
         print(f"{PROG}: batch of {len(batch.dirs)} failed: {msg}", file=sys.stderr)
@@ -272,14 +282,15 @@ def _run_here(batch: Batch, quiet: bool) -> bool:
     return True
 
 
-def _run_on_slurm(batches: list[Batch], launcher: dict, quiet: bool) -> int:
+def _run_on_slurm(batches: list[Batch], launcher: dict, fixed: list[str], quiet: bool) -> int:
     """Submit each batch as a task of one SLURM array and wait for them; returns the failed member count."""
     ex = slurm.executor({**launcher, "name": launcher.get("name") or PROG}, launcher["submitit_folder"])
     for b in batches:
+        b.write_job_files(fixed)
         for d, m in zip(b.dirs, b.members):
             _status(d, "pending", overrides=m.overrides, num=m.num)
     with ex.batch():
-        submitted = [ex.submit(batch_job, b.cfgs, [str(d) for d in b.dirs]) for b in batches]
+        submitted = [ex.submit(batch_job, b.task_configs(), [str(d) for d in b.dirs]) for b in batches]
     for job, b in zip(submitted, batches):
         for d in b.dirs:
             jobs.mark_submitted(d, job.job_id)
@@ -302,9 +313,37 @@ def _run_on_slurm(batches: list[Batch], launcher: dict, quiet: bool) -> int:
     return failed
 
 
+def _batch_loss(settings: list[transfer.TransferSettings]):
+    """The loss a batch computes: every term any member uses (zeros switch it off per member)."""
+    s0 = settings[0]
+    top = {k: max(getattr(s.loss, k) for s in settings) for k in ("alpha", "beta", "tv_weight")}
+    return dataclasses.replace(s0.loss, **{k: float(v) for k, v in top.items()})
+
+
+def batch_that_fits(cfgs: list) -> int:
+    """The largest number of these members (one group) whose batch fits in memory, checked
+    before anything is allocated; :class:`MemoryBudgetError` (with the size that would fit) if
+    not even one does."""
+    settings = [schema.stylize_settings(c) for c in cfgs]
+    s0 = dataclasses.replace(settings[0], loss=_batch_loss(settings))
+    max_gb = cfgs[0].max_memory_gb
+    budget = int(max_gb * 2**30) if max_gb is not None else memory.available_bytes()
+    inputs = transfer.load_inputs(s0)
+    transfer.check_sizes(s0, inputs, budget, batch=1)
+    per_image = transfer.needed_bytes(s0, inputs, batch=1)
+    return max(1, min(len(cfgs), budget // max(per_image, 1)))
+
+
 def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) -> tuple[Path, int]:
     """Expand, group and run the sweep given by ``argv``; returns the sweep directory and the
-    number of jobs that failed."""
+    number of jobs that failed.
+
+    The sweep directory is created (unique, unless ``hydra.sweep.dir`` is given) and locked
+    for the whole sweep. Every member's config and every batch's memory are checked before
+    the first batch runs: a bad member or a batch that cannot fit even one image is a
+    :class:`UserError` and nothing is written; a group too large for memory runs as several
+    smaller batches.
+    """
     from omegaconf import OmegaConf
 
     schema.register()
@@ -316,37 +355,46 @@ def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) 
     params = OmegaConf.to_container(preset, resolve=False) if preset is not None else {}
     fixed, sweeps = split_sweep(argv, params)
     members = expand(sweeps)
-    sweep_dir = Path(str(base.hydra.sweep.dir))
-    main = distributed.is_main()
-    if main:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        # what Hydra's multirun.yaml holds: lets the collector count jobs not yet started
-        multirun = OmegaConf.to_container(base, resolve=False)
-        multirun["hydra"]["overrides"]["task"] = list(argv)
-        _io.write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(OmegaConf.create(multirun)))
     groups = group_members(members)
-    if not quiet and main:
-        print(f"{PROG}: {len(members)} jobs in {len(groups)} batches -> {sweep_dir}", file=sys.stderr)
-    batches = []
-    for g in groups:
-        b = Batch([], [], [])
-        for m in g:
-            cfg = _compose(conf_dir, fixed + m.overrides)
-            d = sweep_dir / schema.job_dirname(cfg.hydra.job.override_dirname)
-            if (d / "result.png").exists() and (d / "metrics.json").exists():
-                continue  # finished by an earlier (interrupted) invocation
-            if main:
-                _write_job_files(d, cfg, fixed + m.overrides, m.num)
-            b.cfgs.append(task_config(cfg))
-            b.dirs.append(d)
-            b.members.append(m)
-        if b.cfgs:
-            batches.append(b)
-    launcher = OmegaConf.to_container(base.hydra.launcher, resolve=True) if "launcher" in base.hydra else {}
-    if str(launcher.get("_target_", "")).endswith(".SlurmLauncher") and batches:
-        return sweep_dir, _run_on_slurm(batches, launcher, quiet)
-    failed = sum(len(b.dirs) for b in batches if not _run_here(b, quiet))
-    return sweep_dir, failed
+    main = distributed.is_main()
+    # process 0 owns the sweep directory; the other processes of a multi-process sweep share it
+    sweep = app.RunDir(base, argv, multirun=True)
+    sweep.lock()
+    failed = True
+    try:
+        sweep_dir = sweep.path
+        batches = []
+        for g in groups:
+            cfgs, dirs, todo = [], [], []
+            for m in g:
+                cfg = _compose(conf_dir, fixed + m.overrides)
+                d = sweep_dir / schema.job_dirname(cfg.hydra.job.override_dirname)
+                if (d / "result.png").exists() and (d / "metrics.json").exists():
+                    continue  # finished by an earlier (interrupted) invocation
+                cfgs.append(cfg)
+                dirs.append(d)
+                todo.append(m)
+            if not cfgs:
+                continue
+            n = batch_that_fits([task_config(c) for c in cfgs])
+            batches += [Batch(cfgs[i : i + n], dirs[i : i + n], todo[i : i + n]) for i in range(0, len(cfgs), n)]
+        if main:
+            # what Hydra's multirun.yaml holds: lets the collector count jobs not yet started
+            multirun = OmegaConf.to_container(base, resolve=False)
+            multirun["hydra"]["overrides"]["task"] = list(argv)
+            multirun["hydra"]["sweep"]["dir"] = str(sweep_dir)
+            _io.write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(OmegaConf.create(multirun)))
+        if not quiet and main:
+            print(f"{PROG}: {len(members)} jobs in {len(batches)} batches -> {sweep_dir}", file=sys.stderr)
+        launcher = OmegaConf.to_container(base.hydra.launcher, resolve=True) if "launcher" in base.hydra else {}
+        if str(launcher.get("_target_", "")).endswith(".SlurmLauncher") and batches:
+            n_failed = _run_on_slurm(batches, launcher, fixed, quiet)
+        else:
+            n_failed = sum(len(b.dirs) for b in batches if not _run_here(b, fixed, quiet))
+        failed = False
+    finally:
+        sweep.close(failed)
+    return sweep_dir, n_failed
 
 
 @command(PROG)
@@ -360,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     argv = [a for a in argv if a not in ("-m", "--multirun")]
     argv = slurm.shared_dir(argv, "hydra.sweep.dir", "multirun/stylize")
-    app.check_overrides("config", argv)
+    app.check_overrides("config", argv, validate=stylize.validate)
     distributed.initialize()  # several tasks of a SLURM step: one grid split over all their devices
     _xla.persistent_cache()
     sweep_dir, failed = run(argv)

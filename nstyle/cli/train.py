@@ -7,12 +7,14 @@
 
 The schema is :class:`nstyle.cli.schema.TrainSchema`; :func:`nstyle.train.train` does the
 work in Hydra's run directory. Besides the library's files the run directory gets
-``loss.png`` (the loss terms of ``metrics.csv``, redrawn at every checkpoint) and ``.hydra/``.
+``loss.png`` (the loss terms of ``metrics.csv``, redrawn at every checkpoint) and ``.hydra/``
+(written once the run's checks passed: a refused resume leaves the directory as it was).
 
 Under a SLURM step of several tasks (or with ``NSTYLE_DISTRIBUTED=1``) the processes join
-through :func:`nstyle.distributed.initialize` and train one model; process 0 writes every file,
-``.hydra/`` included (``conf/train.yaml`` gives the others no ``hydra.output_subdir``). They
-must share one run directory: without ``hydra.run.dir`` it is ``outputs/train/slurm-<job>.<step>``.
+through :func:`nstyle.distributed.initialize` and train one model; process 0 holds the run
+directory's lock and writes every file, ``.hydra/`` included (``conf/train.yaml`` gives the
+others no ``hydra.output_subdir``). They must share one run directory: without
+``hydra.run.dir`` it is ``outputs/train/slurm-<job>.<step>``.
 """
 
 from __future__ import annotations
@@ -57,12 +59,22 @@ def task(dcfg) -> float:
     distributed.initialize()  # several tasks of a SLURM step: one run; before anything asks JAX for devices
     _xla.persistent_cache()  # a resumed or repeated run reuses the compiled train step
     main = distributed.is_main()
-    summary = train.train(cfg, workdir, on_checkpoint=(lambda step: plot_losses(workdir)) if main else None)
+    summary = train.train(
+        cfg,
+        workdir,
+        on_checkpoint=(lambda step: plot_losses(workdir)) if main else None,
+        on_start=lambda: app.write_hydra_files(workdir, dcfg),
+    )
     loss = summary["final"].get("loss", float("nan"))
     if main:
         plot_losses(workdir)
         print(f"{PROG}: wrote {workdir / 'model.npz'} (final loss {loss:.4g})")
     return float(loss)
+
+
+def validate(cfg) -> None:
+    """Every value of a composed config (each job of a sweep), before anything runs."""
+    schema.train_settings(app.without_hydra(cfg), schema.Typed.from_overrides(list(cfg.hydra.overrides.task)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             argv = slurm.shared_dir(argv, "hydra.run.dir", "outputs/train")
     except UserError as e:
         fail(PROG, message(e))
-    app.hydra_main(PROG, "train", task, argv)
+    app.hydra_main(PROG, "train", task, argv, validate=validate)
 
 
 if __name__ == "__main__":
