@@ -94,9 +94,12 @@ if _SubmititSlurmLauncher is not None:
 
 
 def _failed(overrides: list[str], error: str) -> JobReturn:
-    """The JobReturn of a job that never returned: Hydra raises its error after the sweep."""
+    """The JobReturn of a job that never returned: after the sweep Hydra prints its error (no
+    traceback) and exits with status 1."""
+    from nstyle.cli.app import JobError
+
     ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
-    ret._return_value = RuntimeError(error)  # what JobReturn.return_value raises
+    ret._return_value = JobError(error)  # what JobReturn.return_value raises
     return ret
 
 
