@@ -22,6 +22,7 @@ import pytest
 
 from nstyle import _rundir, checkpoint, images
 
+ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TINY = ["debug=tiny", "snapshot_every=0"]
 TRAIN_DEBUG = ["train/experiment=debug", "style=builtin:chelsea"]
@@ -31,6 +32,8 @@ TRAIN_DEBUG = ["train/experiment=debug", "style=builtin:chelsea"]
 def env(tmp_path_factory):
     """The environment of every subprocess: one persistent compilation cache for the module."""
     e = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "XLA_FLAGS")}
+    # `python -m experiments.X` runs from a checkout: the tests start it elsewhere, with the checkout on the path
+    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     e.update(
         JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jaxcache")),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
