@@ -38,6 +38,7 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parent.parent
 STYLIZE = [sys.executable, "-c", "from nstyle.cli.stylize import main; main()"]
 TRAIN = [sys.executable, "-c", "from nstyle.cli.train import main; main()"]
+SWEEP = [sys.executable, "-c", "import sys; from nstyle.cli.sweep import main; sys.exit(main())"]
 # cheap jobs: shallow layers, 32 px, few steps (as tests/test_experiments.py's TINY)
 TINY = ["debug=tiny", "size=32", "steps=3", "loss.content_layers=[conv1_2]", "loss.style_layers=[conv1_1]"]
 GRID = ["seed=1,2", "loss.beta=1e3,1e4"]
@@ -51,6 +52,9 @@ TRAIN_ARGS = [
     "checkpoint_every=3",
     "log_every=1",
     "sample_every=6",
+    # the loss through VGG16's first two blocks only: a smaller step to compile (the tests are about processes)
+    "loss.content_layers=[relu2_2]",
+    "loss.style_layers=[relu1_2,relu2_2]",
 ]
 
 
@@ -188,6 +192,26 @@ def test_slurm_sweep_matches_local_run_and_a_rerun_completes_only_the_cancelled_
     b = images.to_uint8(images.load_image(on_slurm / "result.png"))
     assert a.shape == b.shape and np.array_equal(a, b)
     print(f"\nwall time: SLURM 2x2 sweep with one task cancelled {first_s:.1f} s, rerun {rerun_s:.1f} s")
+
+
+def test_batched_sweep_on_slurm_split_over_two_processes_matches_a_local_batch(tmp_path, env):
+    # one batch (two loss weights) as one SLURM task of two processes, one member on each device
+    sweep, local = tmp_path / "slurm", tmp_path / "local"
+    batch = [*TINY, "seed=1", "loss.beta=1e3,1e4"]
+    t0 = time.monotonic()
+    r = _run([*SWEEP, "+launcher=slurm", "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}", *batch], env)
+    slurm_s = time.monotonic() - t0
+    assert "1 batches submitted to SLURM" in r.stderr, r.stderr[-3000:]
+    _run([*SWEEP, f"hydra.sweep.dir={local}", *batch], env)  # the same batch in one process, one device
+    s = collect.summarize(sweep, evaluate=False)
+    assert s.counts["completed"] == 2, s.report()
+    for j in s.jobs:
+        record = jobs.read_status(j.path) or {}
+        assert record.get("slurm_job"), record
+        a = images.to_uint8(images.load_image(j.path / "result.png"))
+        b = images.to_uint8(images.load_image(local / j.name / "result.png"))
+        assert np.array_equal(a, b), j.name
+    print(f"\nwall time: nstyle-sweep, one batch on SLURM as two processes {slurm_s:.1f} s")
 
 
 # ----------------------------------------------------------------------------- training
