@@ -4,6 +4,8 @@
   them, one result equal pixel for pixel to the same job run locally, ``nstyle-collect``
   while jobs are pending or running and after a task was cancelled, and a rerun of the same
   command that submits only the missing job;
+- ``nstyle-sweep +launcher=slurm hydra.launcher.tasks_per_node=2``: one batch as one SLURM task
+  of two processes, each member's pixels those of the same batch run locally on one device;
 - ``srun --ntasks=2 nstyle-train``: two processes, one CPU device each, joined by
   ``jax.distributed``, give the model of one process with two devices (≤ 1e-5), and only
   process 0 writes;
