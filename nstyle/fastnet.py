@@ -21,12 +21,16 @@ Upsampling is nearest-neighbour followed by a convolution (Odena et al. 2016): a
 transposed convolution (``upsample="transpose"``, the paper's original) overlaps its kernel
 unevenly and leaves checkerboard artefacts.
 
-Output (``FastNetConfig.output``): ``"linear"`` (the default) is ``(z + 1) / 2``, unbounded
-while training, so no pixel ever stops receiving gradient; :func:`stylize` clips it to [0, 1]
-(PyTorch's fast_neural_style example does the same: an unbounded output, clamped when
-saved). ``"tanh"`` is ``(tanh(z) + 1) / 2``, the output of model format version 1: where
-``|z|`` grows its slope vanishes (1/2 at 0, 0.035 at |z| = 2.5), and a region the style term
-pushed to white stays white, with no gradient left to bring it back.
+Output (``FastNetConfig.output``): ``"residual"`` (the default) is ``x + z/2`` with the last
+conv's kernel and bias starting at zero, so an untrained network returns its input and
+training only learns the change the style asks for; the photo is never lost on the way.
+It is unbounded while training, so no pixel ever stops receiving gradient; :func:`stylize`
+clips it to [0, 1] (PyTorch's fast_neural_style example does the same: an unbounded output,
+clamped when saved). ``"linear"`` is ``(z + 1) / 2``, unbounded as well, but it starts as
+noise and must first relearn the photo. ``"tanh"`` is ``(tanh(z) + 1) / 2``, the output of
+model format version 1: where ``|z|`` grows its slope vanishes (1/2 at 0, 0.035 at
+|z| = 2.5), and a region the style term pushed to white stays white, with no gradient left
+to bring it back. docs/fastnet.md compares the three.
 
 Several styles (Dumoulin, Shlens, Kudlur 2017, "A learned representation for artistic
 style"): with ``styles=S > 1`` every instance norm holds S scales and shifts (conditional
@@ -52,7 +56,7 @@ from nstyle import _io
 from nstyle._errors import UserError
 
 UPSAMPLES = ("nearest", "transpose")
-OUTPUTS = ("linear", "tanh")
+OUTPUTS = ("linear", "tanh", "residual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +67,9 @@ class FastNetConfig:
     blocks: int = 5  # residual blocks at 4·width channels (paper: 5)
     upsample: str = "nearest"  # "nearest" (upsample then conv) or "transpose" (stride-2 transposed conv)
     epsilon: float = 1e-5  # instance-norm variance floor (PyTorch's default)
-    output: str = "linear"  # "linear": (z+1)/2, clipped only by stylize(); "tanh": (tanh(z)+1)/2 (format version 1)
+    # "residual": x + z/2 with the last conv starting at zero (the network starts as the identity);
+    # "linear": (z+1)/2; both clipped only by stylize(); "tanh": (tanh(z)+1)/2 (format version 1)
+    output: str = "residual"
     styles: int = 1  # styles the network holds (conditional instance norm when > 1)
 
     def __post_init__(self):
@@ -125,6 +131,7 @@ class ConvIN(nn.Module):
     shift: bool = True  # the instance norm's learnt shift
     epsilon: float = 1e-5
     styles: int = 1
+    zero_init: bool = False  # kernel and bias start at 0
 
     @nn.compact
     def __call__(self, x, style_weights=None):
@@ -137,6 +144,7 @@ class ConvIN(nn.Module):
             strides=(self.stride, self.stride),
             padding="VALID",
             use_bias=not self.norm,
+            **({"kernel_init": nn.initializers.zeros} if self.zero_init else {}),
         )(x)
         if self.norm:
             # per image and channel over (H, W), with a learnt scale and shift (one per style)
@@ -182,9 +190,9 @@ class FastNet(nn.Module):
     cfg: FastNetConfig
 
     @nn.compact
-    def __call__(self, x, style_weights=None):  # (B, H, W, 3) in [0, 1], H and W multiples of 4; (B, S)
+    def __call__(self, images, style_weights=None):  # (B, H, W, 3) in [0, 1], H and W multiples of 4; (B, S)
         c, eps, s = self.cfg.width, self.cfg.epsilon, self.cfg.styles
-        x = 2.0 * x - 1.0  # centre the input
+        x = 2.0 * images - 1.0  # centre the input
         x = ConvIN(c, 9, epsilon=eps, styles=s)(x, style_weights)  # (B, H, W, c)
         x = ConvIN(2 * c, 3, stride=2, epsilon=eps, styles=s)(x, style_weights)  # (B, H/2, W/2, 2c)
         x = ConvIN(4 * c, 3, stride=2, epsilon=eps, styles=s)(x, style_weights)  # (B, H/4, W/4, 4c)
@@ -192,9 +200,12 @@ class FastNet(nn.Module):
             x = Residual(4 * c, epsilon=eps, styles=s)(x, style_weights)
         x = Upsample(2 * c, self.cfg.upsample, epsilon=eps, styles=s)(x, style_weights)  # (B, H/2, W/2, 2c)
         x = Upsample(c, self.cfg.upsample, epsilon=eps, styles=s)(x, style_weights)  # (B, H, W, c)
-        x = ConvIN(3, 9, norm=False, relu=False)(x)  # (B, H, W, 3)
+        residual = self.cfg.output == "residual"
+        x = ConvIN(3, 9, norm=False, relu=False, zero_init=residual)(x)  # (B, H, W, 3)
         if self.cfg.output == "tanh":
             return (jnp.tanh(x) + 1.0) * 0.5
+        if residual:
+            return images + 0.5 * x  # unbounded: stylize() clips
         return (x + 1.0) * 0.5  # unbounded: stylize() clips
 
 
@@ -224,7 +235,7 @@ def apply(cfg: FastNetConfig, params: Any, images: jax.Array, style_weights=None
     """(B, H, W, 3) in [0, 1] with H, W multiples of 4 -> (B, H, W, 3), the raw output.
 
     ``style_weights`` (S,) or (B, S): how much of each style (a multi-style network needs them;
-    rows are used as given, e.g. one-hot, or a convex mix). A ``"linear"`` output is not
+    rows are used as given, e.g. one-hot, or a convex mix). A ``"residual"`` or ``"linear"`` output is not
     clipped here (training needs its gradient everywhere); :func:`stylize` clips.
     """
     if images.ndim != 4 or images.shape[-1] != 3:
