@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from nstyle import _io, optimize, runinfo
+from nstyle import _io, _rundir, optimize, runinfo
 from nstyle._errors import UserError
 from nstyle.cli import collect, schema
 
@@ -96,24 +96,87 @@ def check_publish(cfg: ReconstructionSchema, names: Sequence[str]) -> Path | Non
     return dest
 
 
-def setup(cfg: ReconstructionSchema, name: str, out: Path, saved_as: str):
+RECORD = "config.json"  # the settings of the run a directory holds (a resume must match them)
+_NOT_SETTINGS = ("publish", "overwrite", "resume")
+
+
+def settings_record(cfg: ReconstructionSchema) -> dict:
+    """What defines an experiment's run: every setting but where it publishes and whether it resumes."""
+    return {k: v for k, v in dump_config(cfg).items() if k not in _NOT_SETTINGS}
+
+
+def check_run_dir(cfg: ReconstructionSchema, out: Path) -> None:
+    """A directory that holds a run is refused, unless ``resume=true`` continues that same run
+    (same settings, recorded in ``config.json``): a rerun never overwrites another run's tables
+    nor leaves its per-layer files beside new ones."""
+    held = (
+        sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.suffix != ".log")
+        if out.is_dir()
+        else []
+    )
+    if not held:
+        return
+    if not cfg.resume:
+        raise ExperimentError(
+            f"{out} already holds a run ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); "
+            f"choose another hydra.run.dir, or add resume=true to continue it"
+        )
+    record = _io.read_json(out / RECORD)
+    if record is None:
+        raise ExperimentError(f"{out} holds files but no {RECORD} saying which run; choose another hydra.run.dir")
+    now = _io.to_jsonable(settings_record(cfg))
+    differ = [k for k in sorted(set(now) | set(record)) if now.get(k) != record.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}={record.get(k)} there, {now.get(k)} now" for k in differ[:3])
+        raise ExperimentError(
+            f"{out} holds a run with other settings ({shown}); resume=true needs the same settings, "
+            f"or choose another hydra.run.dir"
+        )
+
+
+def check_memory(cfg: ReconstructionSchema, shape: tuple[int, int], budget_bytes: int) -> None:
+    """Refuse, before the optimisation allocates it, an image whose VGG activations would not fit."""
+    from nstyle import memory, vgg
+
+    h, w = shape
+    need = memory.vgg_activation_bytes(h, w, cfg.layers, cfg.network)
+    if need > budget_bytes:
+        fit = memory.max_side_that_fits(budget_bytes, w / h, cfg.layers, cfg.network)
+        hint = f"size={fit} would fit" if fit >= vgg.min_size(cfg.layers, cfg.network) else "no useful size fits"
+        raise ExperimentError(
+            f"size={cfg.size}: the VGG activations need about {need / 2**30:.1f} GiB but only "
+            f"{budget_bytes / 2**30:.1f} GiB is available; {hint}"
+        )
+
+
+def setup(cfg: ReconstructionSchema, name: str, out: Path, saved_as: str, on_start=None):
     """The checks and inputs every reconstruction starts with, before any optimisation:
-    validate ``cfg``, refuse a ``publish`` that would overwrite, load the image at ``cfg.size``
-    (checked against the deepest layer) and the weights, and save the image as ``saved_as``.
+    validate ``cfg``, refuse a run directory that holds another run and a ``publish`` that
+    would overwrite without ``overwrite=true``, load the image at ``cfg.size`` (checked
+    against the deepest layer and the memory available) and the weights; then record the
+    settings (``config.json``), call ``on_start()`` and save the image as ``saved_as``.
 
     Returns ``(publish dest or None, image (H, W, 3), params)``.
     """
-    from nstyle import images, vgg, weights
+    from nstyle import images, memory, vgg, weights
 
     check_common(cfg)
+    check_run_dir(cfg, out)
+    _rundir.check_writable(out)
     dest = check_publish(cfg, [f"{name}.csv", f"{name}.md", f"{name}.png"])
-    image = images.load_image(cfg.image, cfg.size)  # (H, W, 3)
-    images.check_size(image.shape, vgg.min_size(cfg.layers, cfg.network), cfg.image)
+    full = images.load_image(cfg.image)  # (H0, W0, 3)
+    shape = images.longest_shape(full.shape[:2], cfg.size)
+    images.check_size(shape, vgg.min_size(cfg.layers, cfg.network), cfg.image)
+    check_memory(cfg, shape, memory.available_bytes())
+    image = images.resize(full, shape)  # (H, W, 3)
     params = weights.load(cfg.network)
     from nstyle import _xla
 
     _xla.persistent_cache()  # a rerun (or resume) skips most compilation
     out.mkdir(parents=True, exist_ok=True)
+    _io.write_json(out / RECORD, settings_record(cfg))
+    if on_start is not None:
+        on_start()
     images.save_image(out / saved_as, image)
     return dest, image, params
 
@@ -164,11 +227,8 @@ def lpips(a: np.ndarray, b: np.ndarray, net: str) -> float:
 
 def settings_of(cfg: Any, keys: Sequence[str]) -> dict:
     """``{"size": 256, "optim": "lbfgs×500", ...}`` for a figure footer."""
-    out = {}
-    for k in keys:
-        v = getattr(cfg, k)
-        out[k] = v
-    out["optim"] = f"{cfg.optim.name}×{cfg.optim.steps}" + (f" lr={cfg.optim.lr}" if cfg.optim.lr else "")
+    out = {k: getattr(cfg, k) for k in keys}
+    out["optim"] = f"{cfg.optim.name.value}×{cfg.optim.steps}" + (f" lr={cfg.optim.lr}" if cfg.optim.lr else "")
     return out
 
 

@@ -17,7 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from nstyle.cli import collect
+from nstyle import _rundir
+from nstyle._errors import UserError
+from nstyle.cli import app, collect
 
 
 def parse(prog: str, doc: str, argv: Sequence[str] | None):
@@ -34,15 +36,29 @@ def parse(prog: str, doc: str, argv: Sequence[str] | None):
     return p.parse_known_args(argv)
 
 
-def run_sweep(name: str, args, overrides: list[str], rows: str | None, cols: str | None, title: str) -> collect.Summary:
+def run_sweep(
+    name: str, args, overrides: list[str], rows: str | None, cols: str | None, title: str
+) -> tuple[collect.Summary | None, int]:
+    """Run, collect and publish one sweep preset; returns ``(summary, exit status)``: 0 when
+    every job completed, 1 when some failed (the others are still collected and published).
+
+    The overrides and ``--publish`` are checked before anything runs (:class:`UserError`:
+    one line, exit status 2); the sweep directory is a new one unless ``--sweep-dir`` names it.
+    """
     published = [f"{name}{s}" for s in (".png", "_curves.png", ".csv", ".md")]
     dest = Path(args.publish) if args.publish else None
     if dest is not None and not args.overwrite:
         held = [n for n in published if (dest / n).exists()]
         if held:
-            raise SystemExit(f"error: {dest} already holds {', '.join(held)}; add --overwrite to replace them")
-    sweep_dir = Path(args.sweep_dir or f"multirun/{name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
-    hydra_args = [f"experiment={name}", f"hydra.sweep.dir={sweep_dir}", *overrides]
+            raise UserError(f"{dest} already holds {', '.join(held)}; add --overwrite to replace them")
+    from nstyle.cli import stylize
+
+    app.check_overrides("config", [f"experiment={name}", *overrides], validate=stylize.validate)
+    if args.sweep_dir:
+        sweep_dir = Path(args.sweep_dir)
+    else:
+        sweep_dir = _rundir.unique_dir(f"multirun/{name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    hydra_args = [f"experiment={name}", f"hydra.sweep.dir={app.quote(str(sweep_dir))}", *overrides]
     t0 = time.perf_counter()
     if args.batched:
         from nstyle.cli import sweep
@@ -51,6 +67,10 @@ def run_sweep(name: str, args, overrides: list[str], rows: str | None, cols: str
     else:
         code = subprocess.call([sys.executable, "-m", "nstyle.cli.stylize", "-m", *hydra_args])
     wall = time.perf_counter() - t0
+    if code == 2 or not sweep_dir.is_dir():  # refused before any job ran; the sweep said why
+        if not args.sweep_dir:
+            _rundir.remove_if_unused(sweep_dir)
+        return None, 2
     if code != 0:
         print(f"warning: the sweep exited with status {code}; collecting what it left", file=sys.stderr)
     s = collect.summarize(sweep_dir, rows_key=rows, cols_key=cols, evaluate=not args.no_eval, title=title)
@@ -64,4 +84,4 @@ def run_sweep(name: str, args, overrides: list[str], rows: str | None, cols: str
         for src, target in zip(sources, published):
             if src is not None:
                 print(f"published {publish_file(src, dest / target)}")
-    return s
+    return s, 0 if code == 0 and not (s.counts["failed"] or s.counts["died"]) else 1

@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 
 from experiments import _sweep
+from nstyle._errors import UserError
+from nstyle.cli.errors import command
 
 ABLATIONS = {
     "pooling": ("network.pooling", "VGG19 pooling: average vs max"),
@@ -28,22 +30,28 @@ ABLATIONS = {
 }
 
 
+@command("python -m experiments.ablations")
 def main(argv=None) -> int:
+    """Exit status 0 when every job of every ablation completed, 1 when some failed, 2 for bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*ABLATIONS, "all"):
-        print(
-            f"usage: python -m experiments.ablations {{{'|'.join(ABLATIONS)}|all}} [overrides] [--publish DIR]",
-            file=sys.stderr,
+        raise UserError(
+            f"usage: python -m experiments.ablations {{{'|'.join(ABLATIONS)}|all}} [overrides] [--publish DIR]"
         )
-        return 2
     which = list(ABLATIONS) if argv[0] == "all" else [argv[0]]
+    worst = 0
     for name in which:
         args, overrides = _sweep.parse(f"python -m experiments.ablations {name}", __doc__, argv[1:])
         if args.sweep_dir and len(which) > 1:
             args.sweep_dir = f"{args.sweep_dir}/{name}"
         key, title = ABLATIONS[name]
-        _sweep.run_sweep(f"ablation_{name}", args, overrides, rows=None, cols=key, title=f"Ablation — {title}")
-    return 0
+        _, code = _sweep.run_sweep(
+            f"ablation_{name}", args, overrides, rows=None, cols=key, title=f"Ablation — {title}"
+        )
+        if code == 2:
+            return 2
+        worst = max(worst, code)
+    return worst
 
 
 if __name__ == "__main__":

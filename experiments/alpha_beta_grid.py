@@ -21,13 +21,16 @@ from __future__ import annotations
 import sys
 
 from experiments import _sweep
+from nstyle.cli.errors import command
 
 NAME = "alpha_beta_grid"
 
 
+@command(f"python -m experiments.{NAME}")
 def main(argv=None) -> int:
+    """Exit status 0 when every job completed, 1 when some failed, 2 for bad input."""
     args, overrides = _sweep.parse(f"python -m experiments.{NAME}", __doc__, argv)
-    _sweep.run_sweep(
+    _, code = _sweep.run_sweep(
         NAME,
         args,
         overrides,
@@ -35,7 +38,7 @@ def main(argv=None) -> int:
         cols="loss.style_layers",
         title="Style transfer: α/β × deepest style layer",
     )
-    return 0
+    return code
 
 
 if __name__ == "__main__":

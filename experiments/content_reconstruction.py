@@ -22,17 +22,17 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from experiments import _common
-from nstyle import images, metrics
-from nstyle.cli import collect, figures
+from nstyle import _rundir, images, metrics
+from nstyle.cli import app, collect, figures
 from nstyle.cli.errors import command
 
 NAME = "content_reconstruction"
+PROG = f"python -m experiments.{NAME}"
 log = logging.getLogger(__name__)
 
 
@@ -70,11 +70,17 @@ def content_loss_of(params, image: np.ndarray, target: np.ndarray, layer: str, p
     return float(np.asarray(losses.content_loss(f[:1], f[1:]))[0])
 
 
-def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
-    """The whole experiment; returns the table rows (also written to ``out``)."""
+def run(cfg: ContentReconstructionConfig, out: Path, on_start=None) -> dict:
+    """The whole experiment; returns the table rows (also written to ``out``, which the run
+    holds locked from its first check to its last write)."""
+    with _rundir.hold(out):
+        return _run(cfg, Path(out), on_start)
+
+
+def _run(cfg: ContentReconstructionConfig, out: Path, on_start) -> dict:
     import jax
 
-    dest, original, params = _common.setup(cfg, NAME, out, "original.png")  # original: (H, W, 3)
+    dest, original, params = _common.setup(cfg, NAME, out, "original.png", on_start)  # original: (H, W, 3)
 
     key = jax.random.key(cfg.seed)
     rows, recons, curves, histories = [], [], {}, {}
@@ -170,13 +176,21 @@ def run(cfg: ContentReconstructionConfig, out: Path) -> dict:
     return {"rows": rows, "rising": rising, "figure": fig_path, "csv": csv_path}
 
 
-@hydra.main(config_path="conf", config_name=NAME, version_base="1.3")
-@command("python -m experiments.content_reconstruction", exits=True)
-def main(cfg) -> None:
-    cfg = OmegaConf.to_object(cfg)  # the dataclass: library code never sees a DictConfig
-    res = run(cfg, _common.run_dir())
+@command(PROG, exits=True)
+def task(dcfg) -> None:
+    cfg = OmegaConf.to_object(dcfg)  # the dataclass: library code never sees a DictConfig
+    out = _common.run_dir()
+    res = run(cfg, out, on_start=lambda: app.write_hydra_files(out, dcfg))
     print(collect.to_markdown(res["rows"], ["layer", "content_loss", "pixel_mse", "psnr_db", "lpips", "wall_time_s"]))
     print(f"figure: {res['figure']}")
+
+
+def main(argv=None) -> None:
+    """Console entry: the run directory is created and locked before Hydra starts (see
+    :func:`nstyle.cli.app.hydra_main`); a bad override is one line, exit status 2."""
+    app.hydra_main(
+        PROG, NAME, task, argv, config_dir=Path(__file__).parent / "conf", schema_cls=ContentReconstructionConfig
+    )
 
 
 if __name__ == "__main__":

@@ -25,17 +25,17 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from experiments import _common
-from nstyle import images, metrics
-from nstyle.cli import collect, figures
+from nstyle import _rundir, images, metrics
+from nstyle.cli import app, collect, figures
 from nstyle.cli.errors import command
 
 NAME = "style_reconstruction"
+PROG = f"python -m experiments.{NAME}"
 log = logging.getLogger(__name__)
 
 
@@ -67,12 +67,19 @@ def style_loss_spec(layers, pooling: str):
     )
 
 
-def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
+def run(cfg: StyleReconstructionConfig, out: Path, on_start=None) -> dict:
+    """The whole experiment; returns the table rows (also written to ``out``, which the run
+    holds locked from its first check to its last write)."""
+    with _rundir.hold(out):
+        return _run(cfg, Path(out), on_start)
+
+
+def _run(cfg: StyleReconstructionConfig, out: Path, on_start) -> dict:
     import jax
 
     from nstyle import optimize
 
-    dest, style, params = _common.setup(cfg, NAME, out, "style.png")  # style: (H, W, 3)
+    dest, style, params = _common.setup(cfg, NAME, out, "style.png", on_start)  # style: (H, W, 3)
 
     # every result is also scored on the full set of layers, with the same fixed evaluator
     full = style_loss_spec(cfg.layers, cfg.pooling)
@@ -190,17 +197,25 @@ def run(cfg: StyleReconstructionConfig, out: Path) -> dict:
     return {"rows": rows, "falling": falling, "figure": fig_path, "csv": csv_path}
 
 
-@hydra.main(config_path="conf", config_name=NAME, version_base="1.3")
-@command("python -m experiments.style_reconstruction", exits=True)
-def main(cfg) -> None:
-    cfg = OmegaConf.to_object(cfg)
-    res = run(cfg, _common.run_dir())
+@command(PROG, exits=True)
+def task(dcfg) -> None:
+    cfg = OmegaConf.to_object(dcfg)  # the dataclass: library code never sees a DictConfig
+    out = _common.run_dir()
+    res = run(cfg, out, on_start=lambda: app.write_hydra_files(out, dcfg))
     print(
         collect.to_markdown(
             res["rows"], ["subset", "style_loss", "style_loss_all", "corr_length_px", "vgg16_gram_dist", "wall_time_s"]
         )
     )
     print(f"figure: {res['figure']}")
+
+
+def main(argv=None) -> None:
+    """Console entry: the run directory is created and locked before Hydra starts (see
+    :func:`nstyle.cli.app.hydra_main`); a bad override is one line, exit status 2."""
+    app.hydra_main(
+        PROG, NAME, task, argv, config_dir=Path(__file__).parent / "conf", schema_cls=StyleReconstructionConfig
+    )
 
 
 if __name__ == "__main__":

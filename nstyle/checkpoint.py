@@ -9,6 +9,11 @@ paths (``opt_state/0/mu/ConvIN_0/Conv_0/kernel``) and a ``__info__`` JSON string
 with ``allow_pickle=False``. It is written to a hidden temporary file in the same folder,
 fsynced and renamed, so a crash (or SIGKILL) mid-write leaves the previous checkpoints
 intact; only then are the oldest beyond ``keep`` deleted.
+
+A checkpoint that cannot be read (damaged on disk, or copied in half) is never overwritten
+nor silently skipped: :func:`latest_readable` renames it ``ckpt_<step>.npz.damaged`` and
+reports it; :func:`damaged` lists those files, so a run whose only checkpoints are damaged
+stops instead of starting over.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from nstyle import _io
 from nstyle._errors import UserError
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
+DAMAGED = ".damaged"
 
 
 class CheckpointError(UserError, ValueError):
@@ -112,12 +118,52 @@ def restore(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
 
 
 def latest(directory: str | os.PathLike) -> Path | None:
-    """The newest checkpoint file in ``directory`` that can be read, or None."""
+    """The newest checkpoint file in ``directory`` that can be read, or None (nothing is moved)."""
     for step in reversed(all_steps(directory)):
         p = path_for(directory, step)
         try:
             read(p)
         except CheckpointError:
-            continue  # cannot happen with our atomic writes, but a copied-in damaged file must not stop a resume
+            continue
         return p
     return None
+
+
+def latest_readable(directory: str | os.PathLike) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
+    """``(newest readable checkpoint, its info, [(damaged file moved aside, why)])``.
+
+    Checkpoints newer than the first readable one are damaged: each is renamed
+    ``<name>.damaged`` (``.damaged-2``, ... if taken), so neither a resume nor a later save
+    can overwrite or mistake it. Returns ``(None, None, moved)`` if no readable one is left.
+    """
+    moved = []
+    for step in reversed(all_steps(directory)):
+        p = path_for(directory, step)
+        try:
+            _, info = read(p)
+        except CheckpointError as e:
+            moved.append((set_aside(p), str(e)))
+            continue
+        return p, info, moved
+    return None, None, moved
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename a damaged checkpoint to ``<name>.damaged`` (never replacing another file)."""
+    path = Path(path)
+    for n in range(1, 1000):
+        target = path.with_name(path.name + DAMAGED + ("" if n == 1 else f"-{n}"))
+        try:
+            os.link(path, target)  # fails if target exists: nothing is ever replaced
+        except FileExistsError:
+            continue
+        path.unlink()
+        _io.fsync_dir(path.parent)
+        return target
+    raise CheckpointError(f"{path}: too many damaged copies beside it; clean up {path.parent}")
+
+
+def damaged(directory: str | os.PathLike) -> list[Path]:
+    """The checkpoints of ``directory`` set aside as damaged."""
+    d = Path(directory)
+    return sorted(p for p in d.glob(f"ckpt_*.npz{DAMAGED}*")) if d.is_dir() else []

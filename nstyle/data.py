@@ -80,6 +80,20 @@ class ImageFolder:
     def path(self, i: int) -> str:
         return os.path.join(self.root, self.files[i])
 
+    def check_readable(self) -> str:
+        """The first file that decodes (in name order); :class:`DataError` if none does, so a
+        folder of broken files is refused before any compiling, not at the first batch."""
+        for i in range(len(self.files)):
+            try:
+                images.load_image(self.path(i))
+            except images.ImageError:
+                continue
+            return self.files[i]
+        raise DataError(
+            f"no readable image in '{self.root}' ({len(self.files)} files tried); check the files or point "
+            f"data= at another folder"
+        )
+
 
 def permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order of epoch ``epoch``: a pure function of (seed, epoch)."""

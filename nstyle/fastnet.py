@@ -357,4 +357,10 @@ def load_model(path) -> tuple[FastNetConfig, dict, dict]:
     got = jax.tree_util.tree_map(np.shape, params)
     if want != got:
         raise ModelFileError(f"{path}: parameters do not match the network its config describes; the file is damaged")
+    bad = sorted(k for k, v in flat.items() if not np.all(np.isfinite(v)))
+    if bad:
+        raise ModelFileError(
+            f"{path}: parameter {bad[0]} holds NaN or infinity ({len(bad)} array(s)); the model is damaged or its "
+            f"training diverged: export an earlier checkpoint or train again with a lower optim.lr"
+        )
     return cfg, params, header.get("meta", {})

@@ -201,6 +201,61 @@ def _to_float_rgb(im: Image.Image, label: str) -> np.ndarray:
     return a[..., :3]
 
 
+_PNG16 = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}  # big-endian rawmode -> the one that reads low bytes
+
+
+def _png16_low_bytes(path: Path, im: Image.Image) -> np.ndarray | None:
+    """The low bytes of a 16-bit RGB(A) PNG, or None for any other file.
+
+    Pillow has no 48/64-bit mode: it opens such a PNG as 8-bit "RGB"/"RGBA", keeping each
+    sample's high byte. Decoding the same data once more with the little-endian unpacker
+    keeps the other byte (the PNG filters work on whole 6/8-byte pixels either way), so
+    ``high · 256 + low`` is the full 16-bit value.
+    """
+    if im.format != "PNG" or im.mode not in ("RGB", "RGBA"):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(26)  # signature, IHDR length and tag, width, height, bit depth, colour type
+    if len(head) < 26 or head[24] != 16:
+        return None
+    with Image.open(path) as again:
+        tile = again.tile[0]
+        if len(again.tile) != 1 or tile.args not in _PNG16:
+            return None
+        again.tile = [tile._replace(args=_PNG16[tile.args])]
+        again.load()
+        return np.asarray(again)
+
+
+def _exif_orientation(im: Image.Image, a: np.ndarray) -> np.ndarray:
+    """``a`` (H, W, C) turned as the image's EXIF orientation tag says (as ImageOps.exif_transpose)."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 -- a broken EXIF block: as stored
+        return a
+    turn = {
+        2: lambda x: x[:, ::-1],
+        3: lambda x: x[::-1, ::-1],
+        4: lambda x: x[::-1],
+        5: lambda x: x.swapaxes(0, 1),
+        6: lambda x: np.rot90(x, -1),
+        7: lambda x: x.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda x: np.rot90(x, 1),
+    }
+    return turn[orientation](a) if orientation in turn else a
+
+
+def _deep_png(path: Path, raw: Image.Image) -> np.ndarray | None:
+    """A 16-bit RGB(A) PNG at full depth, (H, W, 3) float32 in [0, 1] (alpha over white); else None."""
+    low = _png16_low_bytes(path, raw)
+    if low is None:
+        return None
+    a = (np.asarray(raw).astype(np.float32) * 256.0 + low) / 65535.0  # (H, W, 3 or 4)
+    if a.shape[-1] == 4:
+        a = a[..., :3] * a[..., 3:] + (1.0 - a[..., 3:])
+    return np.ascontiguousarray(_exif_orientation(raw, a), dtype=np.float32)
+
+
 def load_image(spec: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
     """Read an image file (or ``"builtin:<name>"``) as float32 (H, W, 3) RGB in [0, 1].
 
@@ -215,11 +270,13 @@ def load_image(spec: str | os.PathLike, max_side: int | None = None) -> np.ndarr
     path = resolve(spec)
     label = str(spec)
     with _open(path, label) as raw:  # closes the file (multi-frame files keep it open)
-        try:
-            im = ImageOps.exif_transpose(raw)  # phones store portrait shots sideways + a tag
-        except Exception:  # noqa: BLE001 -- a broken EXIF block must not stop the load
-            im = raw
-        image = _to_float_rgb(im, label)
+        image = _deep_png(path, raw)
+        if image is None:
+            try:
+                im = ImageOps.exif_transpose(raw)  # phones store portrait shots sideways + a tag
+            except Exception:  # noqa: BLE001 -- a broken EXIF block must not stop the load
+                im = raw
+            image = _to_float_rgb(im, label)
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageError(f"{label}: image has no pixels ({image.shape[1]}×{image.shape[0]}); give a real image")
     if max_side is not None:

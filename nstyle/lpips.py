@@ -53,6 +53,8 @@ def load_lpips(net: str = "vgg16", cache: str | os.PathLike | None = None) -> LP
     weights.fetch_many(["vgg16", heads_name] if net == "vgg16" else [heads_name], cache)
     arrays, meta, path = weights.load_arrays(heads_name, cache)
     weights.check_arrays(arrays, meta, path, heads_name)
+    if heads_name in weights.SOURCES:
+        weights.check_digest(arrays, path, heads_name)
     heads = tuple(jnp.asarray(arrays[f"lin{i}/kernel"]) for i in range(5))  # five (C,)
     if net == "vgg16":
         trunk = weights.load("vgg16", cache)

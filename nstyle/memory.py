@@ -10,6 +10,12 @@ import os
 from collections.abc import Iterable
 
 from nstyle import images, vgg
+from nstyle._errors import UserError
+
+
+class MemoryBudgetError(UserError):
+    """The run would not fit in the memory available; the message names a size that would."""
+
 
 # Peak memory of value_and_grad of the loss, in units of "every stage's output once": XLA keeps
 # each rectified output for the backward pass and holds cotangents of the same sizes while it
@@ -100,3 +106,37 @@ def max_side_that_fits(
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
+
+
+def fastnet_activation_bytes(h: int, w: int, width: int, blocks: int, batch: int = 1) -> int:
+    """Rough peak memory of a FastNet (:mod:`nstyle.fastnet`) forward+backward pass on (batch, h, w, 3).
+
+    Per image: the input, each ConvIN's conv, norm and ReLU outputs (``width`` channels at full
+    size, 2·width at half, 4·width at a quarter), ``blocks`` residual blocks of two ConvINs at a
+    quarter, the two ×2 upsamplings (the nearest-neighbour copy and a ConvIN each) and the last
+    conv; float32, times ``BACKWARD_FACTOR`` and the batch.
+    """
+    full = int(h) * int(w)
+    half, quarter = full // 4, full // 16
+    elems = 3 * full  # input
+    elems += 3 * (width * full + 2 * width * half + 4 * width * quarter)  # three downsampling ConvINs
+    elems += blocks * 2 * 3 * 4 * width * quarter  # residual blocks
+    elems += 4 * width * half + 3 * 2 * width * half  # up ×2: the copy of 4w, then a ConvIN to 2w
+    elems += 2 * width * full + 3 * width * full  # up ×2: the copy of 2w, then a ConvIN to w
+    elems += 2 * 3 * full  # last conv and the output
+    return int(elems * 4 * BACKWARD_FACTOR * int(batch))
+
+
+def training_bytes(
+    size: int, batch: int, width: int, blocks: int, layers: Iterable[str], arch: str, style_size: int | None = None
+) -> int:
+    """Rough peak memory of one FastNet training step on (batch, size, size, 3) crops: the
+    network's pass plus the loss network's up to the deepest of ``layers``, and the style
+    image's pass at ``style_size`` (its Gram targets, computed once)."""
+    layers = tuple(layers)
+    need = fastnet_activation_bytes(size, size, width, blocks, batch) + vgg_activation_bytes(
+        size, size, layers, arch, batch
+    )
+    if style_size is not None:
+        need = max(need, vgg_activation_bytes(style_size, style_size, layers, arch, 1))
+    return need

@@ -197,9 +197,9 @@ def make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
     return _make_step(loss, dataclasses.replace(optim, steps=0))
 
 
-@functools.lru_cache(maxsize=32)
-def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
-    opt = make_optimizer(optim)
+def _image_update(loss: losses.PerceptualLoss, optim: OptimConfig, opt: optax.GradientTransformationExtraArgs):
+    """``one_image(x, opt_state, scale, targets, weights, params)``: one optimiser iteration of
+    ONE image (H, W, 3) -> ``(new x, new opt_state, loss, aux, evals, reset)``; the step vmaps it."""
 
     def image_loss(x, params, targets, weights):
         """Loss of ONE image: (H, W, 3) -> ((), aux of ()); targets/weights without the batch axis."""
@@ -231,6 +231,15 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
         if optim.project:
             x = jnp.clip(x, 0.0, 1.0)
         return x, opt_state, value, aux, evals, reset
+
+    return one_image
+
+
+@functools.lru_cache(maxsize=32)
+def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig):
+    opt = make_optimizer(optim)
+
+    one_image = _image_update(loss, optim, opt)
 
     @_xla.jit
     def init(images: jax.Array) -> StepState:

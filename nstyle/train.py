@@ -42,7 +42,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nstyle import _io, _xla, checkpoint, data, fastnet, images, losses, runinfo, vgg, weights
+from nstyle import _io, _rundir, _xla, checkpoint, data, fastnet, images, losses, memory, runinfo, vgg, weights
 from nstyle._errors import UserError
 
 log = logging.getLogger("nstyle.train")
@@ -414,6 +414,7 @@ class _Run:
     loss_params: vgg.VGGParams
     folder: data.ImageFolder
     style_images: list[np.ndarray]  # [(Hs, Ws, 3)], one per style
+    style_sha256: list[str]  # of each style image file, in style order
     validation: list[np.ndarray]  # [(h, w, 3)]
     optimizer: optax.GradientTransformation
     mesh: Mesh
@@ -424,9 +425,11 @@ def _prepare(cfg: TrainConfig) -> _Run:
     n = jax.device_count()
     if cfg.batch % n:
         raise UserError(f"batch={cfg.batch} does not split over {n} devices; use a multiple of {n}")
+    check_memory(cfg, memory.available_bytes())
     style_images = [images.load_image(s, max_side=cfg.loss.style_size or cfg.size) for s in cfg.styles]
     validation = [images.load_image(v, max_side=cfg.sample_size) for v in cfg.validation]
     folder = data.ImageFolder.scan(cfg.data)
+    folder.check_readable()
     loss_params = weights.load(cfg.loss.network)
     loss, _ = perceptual_loss_for(cfg.loss, cfg.size, loss_params)
     return _Run(
@@ -435,6 +438,7 @@ def _prepare(cfg: TrainConfig) -> _Run:
         loss_params=loss_params,
         folder=folder,
         style_images=style_images,
+        style_sha256=[_io.sha256_file(images.resolve(s)) for s in cfg.styles],
         validation=validation,
         optimizer=make_optimizer(cfg.optim, cfg.steps),
         mesh=make_mesh(),
@@ -447,36 +451,118 @@ def style_table(params: vgg.VGGParams, style_images: list[np.ndarray], loss: los
     return {layer: jnp.concatenate([t[layer] for t in per_style]) for layer in loss.style_layers}
 
 
+def needed_bytes(cfg: TrainConfig, size: int | None = None) -> int:
+    """Estimated peak memory of one training step on one device (:func:`memory.training_bytes`)."""
+    size = cfg.size if size is None else size
+    content, style = DEFAULT_LAYERS[cfg.loss.network]
+    layers = tuple(cfg.loss.content_layers or content) + tuple(cfg.loss.style_layers or style)
+    per_device = max(cfg.batch // jax.device_count(), 1)
+    step = memory.training_bytes(
+        size, per_device, cfg.net.width, cfg.net.blocks, layers, cfg.loss.network, cfg.loss.style_size
+    )
+    side = cfg.sample_size  # the validation stylisations: a forward pass, no gradients
+    sample = memory.fastnet_activation_bytes(side, side, cfg.net.width, cfg.net.blocks) / memory.BACKWARD_FACTOR
+    return int(max(step, sample))
+
+
+def check_memory(cfg: TrainConfig, budget_bytes: int) -> None:
+    """Refuse, before anything is allocated, a training step that would not fit in ``budget_bytes``."""
+    need = needed_bytes(cfg)
+    if need <= budget_bytes:
+        return
+    fit = 0
+    lo, hi = 16, cfg.size  # sizes are multiples of 4; need grows with size
+    while lo <= hi:
+        mid = (lo + hi) // 8 * 4
+        if needed_bytes(cfg, mid) <= budget_bytes:
+            fit, lo = mid, mid + 4
+        else:
+            hi = mid - 4
+    hint = f"size={fit} would fit" if fit else "no size fits at this batch"
+    raise memory.MemoryBudgetError(
+        f"size={cfg.size}, batch={cfg.batch}: a training step needs about {need / 2**30:.1f} GiB but only "
+        f"{budget_bytes / 2**30:.1f} GiB is available; {hint} (or lower batch, net.width or loss.style_size)"
+    )
+
+
+def identity(cfg: TrainConfig, run: _Run) -> dict:
+    """What defines a training run, flat and JSON-plain: the style images (their sha256), the
+    data folder's digest, the crops, the seed, the network, the loss and the optimiser.
+    A resume must match it exactly; ``steps`` (and logging, sampling, checkpointing) may change."""
+    out = {
+        # one style: its digest (as single-style runs always recorded it); several: the list, in order
+        "style_sha256": run.style_sha256[0] if len(run.style_sha256) == 1 else run.style_sha256,
+        "data_digest": run.folder.digest,
+        "size": cfg.size,
+        "batch": cfg.batch,
+        "seed": cfg.seed,
+        "crop_scale": list(cfg.crop_scale),
+    }
+    for group in ("net", "loss", "optim"):
+        out.update({f"{group}.{k}": v for k, v in dataclasses.asdict(getattr(cfg, group)).items()})
+    return _io.to_jsonable(out)
+
+
+def check_identity(recorded: dict, now: dict, ckpt: Path) -> None:
+    """Refuse to resume ``ckpt`` (whose info holds ``recorded``) with a run that differs in any key."""
+    differ = [k for k in now if k in recorded and recorded[k] != now[k]] + [k for k in now if k not in recorded]
+
+    def show(v):
+        return f"{v[:12]}…" if isinstance(v, str) and len(v) == 64 else v
+
+    if differ:
+        shown = ", ".join(f"{k}={show(recorded.get(k, '?'))} there, {show(now[k])} now" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise checkpoint.CheckpointError(
+            f"{ckpt.parent.parent} holds another run's checkpoints ({shown}{more}); resume with the same "
+            f"settings (only steps may change) or choose a new hydra.run.dir"
+        )
+
+
 def restore_or_init(cfg: TrainConfig, run: _Run, workdir: Path) -> TrainState:
-    """The newest readable checkpoint of ``workdir`` (checked against ``cfg``), else a fresh state."""
-    init_key = jax.random.split(jax.random.key(cfg.seed))[0]
-    state = init_state(run.net, run.optimizer, init_key, run.mesh)
+    """The newest readable checkpoint of ``workdir`` (checked against ``cfg``), else a fresh state.
+
+    Damaged checkpoints are moved aside and named in a warning; if only damaged ones are
+    left, the run stops rather than start over. A checkpoint of another run (see
+    :func:`identity`) is refused, naming the keys that differ.
+    """
     ckpt_dir = workdir / "checkpoints"
-    if not cfg.resume and checkpoint.all_steps(ckpt_dir):
+    if not cfg.resume and (checkpoint.all_steps(ckpt_dir) or checkpoint.damaged(ckpt_dir)):
         raise UserError(
             f"{ckpt_dir} already holds checkpoints and resume=false; use a new run directory "
             f"(or resume=true to continue that run)"
         )
-    last = checkpoint.latest(ckpt_dir) if cfg.resume else None
+    last, info = None, None
+    if cfg.resume:
+        last, info, moved = checkpoint.latest_readable(ckpt_dir)
+        for path, why in moved:
+            log.warning("damaged checkpoint moved aside as %s: %s", path.name, why)
+        if last is None and checkpoint.damaged(ckpt_dir):
+            names = ", ".join(p.name for p in checkpoint.damaged(ckpt_dir))
+            raise checkpoint.CheckpointError(
+                f"{ckpt_dir} holds no readable checkpoint, only damaged ones ({names}); delete them to start "
+                f"this run over, or put a good checkpoint back"
+            )
+    if last is not None:
+        if "identity" in info:
+            check_identity(info["identity"], identity(cfg, run), last)
+        else:  # written before checkpoints recorded their run's identity
+            for key in ("seed", "batch", "size"):
+                if info.get("config", {}).get(key) != getattr(cfg, key):
+                    raise checkpoint.CheckpointError(
+                        f"{workdir}: its checkpoints were made with {key}={info['config'].get(key)}, "
+                        f"not {getattr(cfg, key)}; use the same {key} or a new run directory"
+                    )
+        if info["step"] > cfg.steps:
+            raise UserError(f"{last} is at step {info['step']}, past steps={cfg.steps}; give steps>={info['step']}")
+    init_key = jax.random.split(jax.random.key(cfg.seed))[0]
+    state = init_state(run.net, run.optimizer, init_key, run.mesh)
     if last is None:
         _truncate_log(workdir / "metrics.csv", 0)  # a fresh start in a used directory: not this run's log
         return state
     tree, info = checkpoint.restore(last, like=state._asdict())
-    for key in ("seed", "batch", "size"):
-        if info.get("config", {}).get(key) != getattr(cfg, key):
-            raise UserError(
-                f"{workdir}: its checkpoints were made with {key}={info['config'].get(key)}, "
-                f"not {getattr(cfg, key)}; use the same {key} or a new run directory"
-            )
-    if info.get("data", {}).get("digest") != run.folder.digest:
-        log.warning(
-            "the data folder changed since the checkpoint: batches after step %d differ from the original run",
-            info["step"],
-        )
     state = TrainState(**tree)
     start = int(state.step)
-    if start > cfg.steps:
-        raise UserError(f"{last} is at step {start}, past steps={cfg.steps}; give steps>={start}")
     log.info("resuming from %s (step %d)", last.name, start)
     _truncate_log(workdir / "metrics.csv", start)
     return jax.device_put(state, NamedSharding(run.mesh, P()))
@@ -553,6 +639,7 @@ def _loop(
     loader = data.Prefetch(lambda: shard_batch(batches.next_batch(), split), depth=cfg.prefetch)
     logger = _Logger(workdir / "metrics.csv", cfg, start)
     ckpt_dir = workdir / "checkpoints"
+    run_identity = identity(cfg, run)
     try:
         for step in range(start, cfg.steps):
             state, metrics = train_step(state, loader.next(), step_key)
@@ -562,6 +649,7 @@ def _loop(
                 save_samples(workdir, done, run, state.params)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 info = {
+                    "identity": run_identity,
                     "config": {"seed": cfg.seed, "batch": cfg.batch, "size": cfg.size},
                     "data": {
                         "samples_seen": done * cfg.batch,
@@ -602,24 +690,36 @@ def _sampler(net: fastnet.FastNetConfig):
     return _xla.jit(lambda p, x, w: fastnet.stylize(net, p, x, w))
 
 
-def train(cfg: TrainConfig, workdir: str | os.PathLike, on_checkpoint: Callable[[int], Any] | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    workdir: str | os.PathLike,
+    on_checkpoint: Callable[[int], Any] | None = None,
+    on_start: Callable[[], Any] | None = None,
+) -> dict:
     """Train (or resume) in ``workdir``; returns the summary also written to ``metrics.json``.
 
-    ``on_checkpoint(step)`` is called after each checkpoint is written (the command line
-    redraws its loss plot there).
+    The run holds ``workdir``'s lock (:mod:`nstyle._rundir`) from its first check to its last
+    write. Every input, the memory a step needs, that ``workdir`` can be written and that its
+    checkpoints belong to this run are checked before anything is written; then
+    ``on_start()`` is called (the command line records its config there), and
+    ``on_checkpoint(step)`` after each checkpoint (it redraws the loss plot).
     """
     workdir = Path(workdir)
-    run = _prepare(cfg)
-    workdir.mkdir(parents=True, exist_ok=True)
-    state = restore_or_init(cfg, run, workdir)
-    start = int(state.step)
-    state, last_row, skipped = _loop(cfg, run, state, workdir, on_checkpoint)
-    if not last_row:  # nothing trained in this process (resumed at the last step): the log's last row
-        rows = read_log(workdir / "metrics.csv")
-        last_row = rows[-1] if rows else {}
-    if not (workdir / "samples" / f"step_{cfg.steps:07d}.png").exists():
-        save_samples(workdir, cfg.steps, run, state.params)
-    return export(cfg, run, state, workdir, start=start, last_row=last_row, skipped=skipped)
+    with _rundir.hold(workdir):
+        _rundir.check_writable(workdir, workdir / "checkpoints", workdir / "samples")
+        run = _prepare(cfg)
+        state = restore_or_init(cfg, run, workdir)
+        _rundir.remove_stale_temporaries(workdir, ["checkpoints", "samples"])
+        if on_start is not None:
+            on_start()
+        start = int(state.step)
+        state, last_row, skipped = _loop(cfg, run, state, workdir, on_checkpoint)
+        if not last_row:  # nothing trained in this process (resumed at the last step): the log's last row
+            rows = read_log(workdir / "metrics.csv")
+            last_row = rows[-1] if rows else {}
+        if not (workdir / "samples" / f"step_{cfg.steps:07d}.png").exists():
+            save_samples(workdir, cfg.steps, run, state.params)
+        return export(cfg, run, state, workdir, start=start, last_row=last_row, skipped=skipped)
 
 
 def export(

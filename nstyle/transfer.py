@@ -46,8 +46,7 @@ class TransferSettings:
     seed: int = 0
 
 
-class MemoryBudgetError(UserError):
-    """The run would not fit in the memory available; the message names a size that would."""
+MemoryBudgetError = memory.MemoryBudgetError
 
 
 @dataclasses.dataclass

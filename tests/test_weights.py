@@ -376,6 +376,7 @@ def fake_lpips(tmp_path, monkeypatch):
         weights.SOURCES["lpips-vgg16"],
         archive_sha256=hashlib.sha256(arch.read_bytes()).hexdigest(),
         member_sha256=hashlib.sha256(ckpt).hexdigest(),
+        content_sha256=weights.arrays_digest(weights.SOURCES["lpips-vgg16"].convert(ckpt, "fake")),
     )
     monkeypatch.setitem(weights.SOURCES, "lpips-vgg16", src)
     monkeypatch.setitem(weights.SOURCES, "lpips-twin", dataclasses.replace(src, name="lpips-twin"))
@@ -415,6 +416,45 @@ def test_fetch_downloads_each_archive_once_and_writes_readable_entries(tmp_path,
     assert len(fake_lpips.read_text().splitlines()) == 1
     assert weights_cli.main(["--cache", str(cache), "fetch", "--force", "lpips-vgg16", "lpips-twin"]) == 0
     assert len(fake_lpips.read_text().splitlines()) == 2
+
+
+def test_fetch_replaces_a_truncated_or_edited_entry_and_verify_compares_the_pinned_digest(tmp_path, fake_lpips, capsys):
+    cache = tmp_path / "cache"
+    path = weights.fetch("lpips-vgg16", cache)
+    good = path.read_bytes()
+    assert weights_cli.main(["--cache", str(cache), "verify", "lpips-vgg16"]) == 0
+    assert "content digest" in capsys.readouterr().out
+    # an edited entry: readable, right shapes, finite, one value changed
+    arrays, meta = weights.read_npz(path)
+    arrays["lin2/kernel"][5] += 0.25
+    weights.save_npz_atomic(path, {**arrays, **{f"meta/{k}": np.array(v) for k, v in meta.items()}})
+    assert weights_cli.main(["--cache", str(cache), "verify", "lpips-vgg16"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not the pinned" in err and "fetch --force lpips-vgg16" in err
+    with pytest.raises(weights.WeightsError, match="is not the pinned"):
+        weights.check_digest(weights.read_npz(path)[0], path, "lpips-vgg16")
+    # fetch (no --force) notices it, says so, and fetches it again; the same for a truncated entry
+    for damage in (None, good[: len(good) // 2]):
+        if damage is not None:
+            path.write_bytes(damage)
+        assert weights_cli.main(["--cache", str(cache), "fetch", "lpips-vgg16"]) == 0
+        err = capsys.readouterr().err
+        assert "fetching it again" in err and "lpips-vgg16.npz" in err
+        assert weights.verify("lpips-vgg16", cache).startswith("lpips-vgg16: ok")
+    assert len(fake_lpips.read_text().splitlines()) == 3  # the first fetch and the two repairs
+    # an intact entry is not fetched again
+    assert weights_cli.main(["--cache", str(cache), "fetch", "lpips-vgg16"]) == 0
+    assert len(fake_lpips.read_text().splitlines()) == 3
+
+
+def test_a_converter_that_no_longer_gives_the_pinned_arrays_writes_nothing(tmp_path, fake_lpips, monkeypatch):
+    src = dataclasses.replace(weights.SOURCES["lpips-vgg16"], content_sha256="0" * 64)
+    monkeypatch.setitem(weights.SOURCES, "lpips-vgg16", src)
+    with pytest.raises(
+        weights.WeightsError, match="not the pinned 000000000000… of 'lpips-vgg16'; nothing was written"
+    ):
+        weights.fetch("lpips-vgg16", tmp_path / "cache")
+    assert not (tmp_path / "cache" / "lpips-vgg16.npz").exists()
 
 
 def test_weights_source_folder_is_used_offline_and_checked(tmp_path, fake_lpips, monkeypatch, capsys):

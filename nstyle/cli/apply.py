@@ -31,7 +31,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from nstyle import _io, _xla, color, fastnet, images, losses, transfer
+from nstyle import _io, _rundir, _xla, color, fastnet, images, losses, transfer
 from nstyle._errors import UserError
 from nstyle.cli.errors import command
 from nstyle.data import IMAGE_SUFFIXES
@@ -149,6 +149,16 @@ def _list_images(folder: Path) -> list[Path]:
     )
 
 
+def check_output_writable(folder: Path) -> None:
+    """An unwritable output is one line before the model is loaded, not an error after the
+    work: a file is created (and removed) in ``folder``, or in its nearest existing parent."""
+    existing = next(p for p in [folder.absolute(), *folder.absolute().parents] if p.exists())
+    try:
+        _rundir.check_writable(existing)
+    except UserError:
+        raise UserError(f"cannot write to {existing}; choose another output or fix its permissions") from None
+
+
 def run(opts: dict, log=print) -> dict:
     """Do what the command line asks; returns the metadata written. Raises UserError on bad input."""
     src, dst = Path(opts["input"]), Path(opts["output"])
@@ -172,6 +182,7 @@ def run(opts: dict, log=print) -> dict:
         images.format_for(dst)
         pairs = [(src, dst)]
         meta_path = dst.with_name(dst.name + ".json")
+    check_output_writable(dst if src.is_dir() else dst.parent)
     model = Styliser(opts["model"], opts.get("style_weights"), opts.get("preserve_color", "off"))
 
     done, skipped = [], []
@@ -187,6 +198,8 @@ def run(opts: dict, log=print) -> dict:
         t = time.perf_counter()
         result = model(img)
         seconds = time.perf_counter() - t  # includes compilation for a new image shape
+        if not np.all(np.isfinite(result)):
+            raise UserError(f"{model.path} turned {inp} into NaN or infinity; the model is damaged: train it again")
         images.save_image(out, result)
         done.append(
             {

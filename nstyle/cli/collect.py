@@ -17,7 +17,7 @@ Job status, from the most to the least certain evidence:
   a ``running`` job whose process is gone (same host) is reported as ``died``;
 - otherwise ``metrics.json`` present → ``completed``; a job log containing a traceback →
   ``failed``; else ``running`` (cannot tell it from a job killed without a trace);
-- ``completed`` but ``metrics.json`` missing or unreadable → ``failed``.
+- ``completed`` but ``metrics.json`` missing or unreadable, or ``result.png`` unreadable → ``failed``.
 
 Jobs the sweep defines but that have not started yet (their directory does not exist) are
 counted as ``pending`` from ``multirun.yaml``.
@@ -191,6 +191,11 @@ def scan(sweep_dir: str | os.PathLike) -> list[Job]:
                 if kv is not None:
                     overrides[kv[0]] = kv[1]
         status, metrics, error = _classify(path)
+        if status == "completed" and (path / RESULT_FILE).exists():
+            try:
+                images.load_image(path / RESULT_FILE)
+            except images.ImageError as e:
+                status, error = "failed", f"{RESULT_FILE} unreadable: {e}"
         num = _job_num(path)
         jobs.append(
             Job(

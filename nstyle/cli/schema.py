@@ -212,6 +212,19 @@ def check_known_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
             check_known_keys(node, sub, prefix=f"{prefix}{key}.")
 
 
+def unknown_key_message(key: str, schema: type) -> str:
+    """ "unknown key 'loss.alpah'; valid keys here: loss.alpha, ..." for a dotted ``key`` of ``schema``."""
+    prefix, node = "", schema
+    for part in key.split(".")[:-1]:
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        sub = _nested_schema(fields[part]) if part in fields else None
+        if sub is None:
+            break
+        prefix, node = f"{prefix}{part}.", sub
+    names = ", ".join(prefix + f.name for f in dataclasses.fields(node))
+    return f"unknown key '{key}'; valid keys here: {names}"
+
+
 def _nested_schema(field: dataclasses.Field) -> type | None:
     """The schema dataclass a field holds (from its default factory), or None."""
     if field.default_factory is dataclasses.MISSING:
@@ -265,12 +278,49 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
     arch = c.network.arch
     if arch not in vgg.ARCH_LAYERS:
         raise UserError(f"network.arch: unknown network '{arch}' (expected one of {', '.join(vgg.ARCH_LAYERS)})")
-
     style = _plain(c.style)
     styles = (style,) if isinstance(style, str) else tuple(style or ())
     if not all(isinstance(s, str) and s for s in styles):
         raise UserError(f"style: expected a path or a list of paths, got {style!r}")
+    loss = _perceptual_loss(c, arch, typed)
+    if loss.uses_style and not styles:
+        raise UserError("style: no style image given but beta > 0; give style=PATH or set loss.beta=0")
+    if c.content is None and loss.uses_content:
+        raise UserError("content: no content image given but alpha > 0; give content=PATH or set loss.alpha=0")
+    if c.content is None and c.init == "content":
+        raise UserError("init=content needs a content image; use init=noise for texture synthesis")
+    if c.content is None and c.preserve_color.value != "off":
+        raise UserError(f"preserve_color={c.preserve_color.value} needs a content image to take the colours from")
+    blend = None
+    if c.style_blend is not None:
+        try:
+            losses.blend_weights(c.style_blend, len(styles))
+        except ValueError as e:
+            raise UserError(f"style_blend: {e}") from None
+        blend = tuple(float(b) for b in c.style_blend)
+    if not (math.isfinite(c.style_scale) and c.style_scale > 0):
+        raise UserError(f"style_scale must be > 0, got {c.style_scale}")
+    if c.snapshot_every < 0:
+        raise UserError(f"snapshot_every must be >= 0 (0: no snapshots), got {c.snapshot_every}")
+    sizes, stage_steps = _stages(c)
+    return transfer.TransferSettings(
+        loss=loss,
+        optim=optim_config(c.optim, int(c.steps)),
+        arch=arch,
+        content=c.content,
+        styles=styles if loss.uses_style else (),
+        style_blend=blend if loss.uses_style else None,
+        style_scale=float(c.style_scale),
+        sizes=sizes,
+        stage_steps=stage_steps,
+        init=c.init,
+        preserve_color=c.preserve_color.value,
+        seed=int(c.seed),
+    )
 
+
+def _perceptual_loss(c: StylizeSchema, arch: str, typed: dict | None) -> losses.PerceptualLoss:
+    """The ``loss`` group as the library's loss, every weight checked as typed."""
     lc = c.loss
     cw = _weights("loss.content_weights", lc.content_weights, typed)
     sw = _weights("loss.style_weights", lc.style_weights, typed)
@@ -292,23 +342,11 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
         raise UserError(f"loss: {e}") from None
     if not loss.uses_content and not loss.uses_style:
         raise UserError("loss: both alpha and beta are 0 (or no layers): nothing to optimise")
-    if loss.uses_style and not styles:
-        raise UserError("style: no style image given but beta > 0; give style=PATH or set loss.beta=0")
-    if c.content is None and loss.uses_content:
-        raise UserError("content: no content image given but alpha > 0; give content=PATH or set loss.alpha=0")
-    if c.content is None and c.init == "content":
-        raise UserError("init=content needs a content image; use init=noise for texture synthesis")
-    if c.content is None and c.preserve_color.value != "off":
-        raise UserError(f"preserve_color={c.preserve_color.value} needs a content image to take the colours from")
-    blend = None
-    if c.style_blend is not None:
-        try:
-            losses.blend_weights(c.style_blend, len(styles))
-        except ValueError as e:
-            raise UserError(f"style_blend: {e}") from None
-        blend = tuple(float(b) for b in c.style_blend)
-    if not (math.isfinite(c.style_scale) and c.style_scale > 0):
-        raise UserError(f"style_scale must be > 0, got {c.style_scale}")
+    return loss
+
+
+def _stages(c: StylizeSchema) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(sizes, steps) of the coarse-to-fine stages; the last stage is ``size`` with ``steps``."""
     if c.size < 1:
         raise UserError(f"size must be a positive number of pixels, got {c.size}")
     sizes = tuple(int(s) for s in c.schedule) + (int(c.size),)
@@ -316,28 +354,11 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
         raise UserError(f"schedule: sizes must grow and end below size={c.size}, got {list(c.schedule)}")
     if c.schedule_steps is not None and len(c.schedule_steps) != len(c.schedule):
         raise UserError(f"schedule_steps: {len(c.schedule)} schedule sizes but {len(c.schedule_steps)} step counts")
-    stage_steps = tuple(
-        int(s) for s in (c.schedule_steps if c.schedule_steps is not None else [c.steps] * len(c.schedule))
-    ) + (int(c.steps),)
+    earlier = c.schedule_steps if c.schedule_steps is not None else [c.steps] * len(c.schedule)
+    stage_steps = tuple(int(s) for s in earlier) + (int(c.steps),)
     if any(s < 0 for s in stage_steps):
         raise UserError(f"steps must be >= 0, got {list(stage_steps)}")
-    if c.snapshot_every < 0:
-        raise UserError(f"snapshot_every must be >= 0 (0: no snapshots), got {c.snapshot_every}")
-    optim = optim_config(c.optim, int(c.steps))
-    return transfer.TransferSettings(
-        loss=loss,
-        optim=optim,
-        arch=arch,
-        content=c.content,
-        styles=styles if loss.uses_style else (),
-        style_blend=blend if loss.uses_style else None,
-        style_scale=float(c.style_scale),
-        sizes=sizes,
-        stage_steps=stage_steps,
-        init=c.init,
-        preserve_color=c.preserve_color.value,
-        seed=int(c.seed),
-    )
+    return sizes, stage_steps
 
 
 def optim_config(o: OptimSchema, steps: int) -> optimize.OptimConfig:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nstyle import _io, images, memory, optimize, runinfo, transfer, weights
+from nstyle import _io, _rundir, images, memory, optimize, runinfo, transfer, weights
 from nstyle._errors import UserError
 from nstyle.cli import app, schema
 from nstyle.cli.errors import EXIT_INTERRUPTED, fail, message
@@ -124,35 +125,59 @@ def run(
     snapshot_every: int = 0,
     max_memory_bytes: int | None = None,
     extra_metrics: dict | None = None,
+    on_start: Callable[[], Any] | None = None,
 ) -> dict:
     """Stylise with settings ``s`` into ``out_dir``; returns the metrics written to metrics.json.
 
-    Everything about the inputs is checked before the network is loaded.
+    The run holds ``out_dir``'s lock (:mod:`nstyle._rundir`) from before its checks to its
+    last write. Everything about the inputs (and that ``out_dir`` can be written) is checked
+    before the network is loaded; then ``on_start()`` is called (the command line writes
+    Hydra's records there) and, with ``overwrite``, the earlier result and its snapshots are
+    removed, so a directory never mixes two runs.
     """
     import time
 
     out_dir = Path(out_dir)
-    check_run_dir(out_dir, overwrite)
-    inputs = transfer.load_inputs(s)
-    transfer.check_sizes(s, inputs, max_memory_bytes if max_memory_bytes is not None else memory.available_bytes())
-    params = weights.load(s.arch)
-    progress = Progress(
-        sum(s.stage_steps),
-        quiet,
-        snapshot_every,
-        out_dir / "snapshots",
-        lambda x: transfer.finish(s, inputs, x),
-        s.loss.tv_weight > 0,
-    )
-    t0 = time.perf_counter()
-    try:
-        r = transfer.run(s, inputs, params, callback=progress)
-    finally:
-        progress.close()
-    metrics = run_metrics(s, r, params, wall_s=time.perf_counter() - t0, extra=extra_metrics)
-    images.save_image(out_dir / "result.png", r.image)
-    _io.write_json(out_dir / "metrics.json", metrics)
+    with _rundir.hold(out_dir):
+        check_run_dir(out_dir, overwrite)
+        _rundir.check_writable(out_dir, out_dir / "snapshots")
+        inputs = transfer.load_inputs(s)
+        budget = max_memory_bytes if max_memory_bytes is not None else memory.available_bytes()
+        transfer.check_sizes(s, inputs, budget)
+        params = weights.load(s.arch)
+        _rundir.remove_stale_temporaries(out_dir, ["snapshots"])
+        if overwrite:
+            remove_result(out_dir)
+        if on_start is not None:
+            on_start()
+        progress = Progress(
+            sum(s.stage_steps),
+            quiet,
+            snapshot_every,
+            out_dir / "snapshots",
+            lambda x: transfer.finish(s, inputs, x),
+            s.loss.tv_weight > 0,
+        )
+        t0 = time.perf_counter()
+        try:
+            r = transfer.run(s, inputs, params, callback=progress)
+        finally:
+            progress.close()
+        metrics = run_metrics(s, r, params, wall_s=time.perf_counter() - t0, extra=extra_metrics)
+        images.save_image(out_dir / "result.png", r.image)
+        _io.write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def remove_result(out_dir: Path) -> None:
+    """Delete a run directory's result, metrics and snapshots (``overwrite=true``): metrics
+    first, so a reader never takes an old result for the new run's."""
+    for name in reversed(RESULT_FILES):
+        (out_dir / name).unlink(missing_ok=True)
+    snaps = out_dir / "snapshots"
+    if snaps.is_dir():
+        for p in snaps.glob("step_*.png"):
+            p.unlink(missing_ok=True)
 
 
 def task(cfg) -> float:
@@ -181,13 +206,14 @@ def task(cfg) -> float:
             quiet=quiet,
             snapshot_every=cfg.snapshot_every,
             max_memory_bytes=max_mem,
+            on_start=lambda: app.write_hydra_files(out_dir, cfg),
         )
     except UserError as e:
         if multirun:
             # an exception (not sys.exit) lets Hydra mark this job failed and run the others;
             # the collector then reports it as failed with this message
             print(f"{PROG}: error: {message(e)}", file=sys.stderr, flush=True)
-            raise UserError(message(e)) from None
+            raise app.JobError(f"{PROG}: error: {message(e)}") from None
         fail(PROG, message(e))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -215,18 +241,25 @@ def task(cfg) -> float:
     return float(loss) if isinstance(loss, (int, float)) else math.nan
 
 
-def _precheck_argv(argv: list[str]) -> None:
-    """Refuse an explicit ``hydra.run.dir`` that holds a result *before* Hydra writes its
-    ``.hydra/`` files there (they would no longer describe the result beside them)."""
-    if "-m" in argv or "--multirun" in argv:
+def precheck(run_dir: Path, cfg, multirun: bool) -> None:
+    """Before Hydra writes anything: refuse a run directory that holds a result, and a sweep
+    directory that holds finished jobs (Hydra would replace their ``.hydra/`` records)."""
+    if cfg.overwrite:
         return
-    overwrite = any(a.lower() in ("overwrite=true", "overwrite=1", "overwrite=yes") for a in argv)
-    for a in argv:
-        if a.startswith("hydra.run.dir=") and "${" not in a and not overwrite:
-            try:
-                check_run_dir(Path(a.split("=", 1)[1]).expanduser(), False)
-            except UserError as e:
-                fail(PROG, str(e))
+    if not multirun:
+        check_run_dir(run_dir, False)
+        return
+    done = sorted(p.parent for p in run_dir.rglob("metrics.json") if (p.parent / ".hydra").is_dir())
+    if done:
+        raise UserError(
+            f"{run_dir} already holds {len(done)} finished job(s) (e.g. {done[0].relative_to(run_dir)}); "
+            f"choose another hydra.sweep.dir, or nstyle-sweep to finish an interrupted sweep"
+        )
+
+
+def validate(cfg) -> None:
+    """Every value of a composed config (one job of a sweep too), before anything runs."""
+    schema.stylize_settings(app.without_hydra(cfg), schema.Typed.from_overrides(list(cfg.hydra.overrides.task)))
 
 
 def main(cfg: Any = None):
@@ -236,8 +269,7 @@ def main(cfg: Any = None):
     schema.register()
     if cfg is not None:
         return task(cfg)
-    _precheck_argv(sys.argv[1:])
-    app.hydra_main(PROG, "config", task)
+    app.hydra_main(PROG, "config", task, precheck=precheck, validate=validate)
 
 
 if __name__ == "__main__":

@@ -201,9 +201,37 @@ def run_group(cfgs: list, job_dirs: list[Path]) -> dict:
     return {"wall_s": wall, "compile_s": r.compile_s, "batch": len(cfgs)}
 
 
+def _batch_loss(settings: list[transfer.TransferSettings]):
+    """The loss a batch computes: every term any member uses (zeros switch it off per member)."""
+    s0 = settings[0]
+    top = {k: max(getattr(s.loss, k) for s in settings) for k in ("alpha", "beta", "tv_weight")}
+    return dataclasses.replace(s0.loss, **{k: float(v) for k, v in top.items()})
+
+
+def batch_that_fits(cfgs: list) -> int:
+    """The largest number of these members (one group) whose batch fits in memory, checked
+    before anything is allocated; :class:`MemoryBudgetError` (with the size that would fit) if
+    not even one does."""
+    settings = [schema.stylize_settings(c) for c in cfgs]
+    s0 = dataclasses.replace(settings[0], loss=_batch_loss(settings))
+    max_gb = cfgs[0].max_memory_gb
+    budget = int(max_gb * 2**30) if max_gb is not None else memory.available_bytes()
+    inputs = transfer.load_inputs(s0)
+    transfer.check_sizes(s0, inputs, budget, batch=1)
+    per_image = transfer.needed_bytes(s0, inputs, batch=1)
+    return max(1, min(len(cfgs), budget // max(per_image, 1)))
+
+
 def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) -> tuple[Path, int]:
     """Expand, group and run the sweep given by ``argv``; returns the sweep directory and the
-    number of jobs that failed."""
+    number of jobs that failed.
+
+    The sweep directory is created (unique, unless ``hydra.sweep.dir`` is given) and locked
+    for the whole sweep. Every member's config and every batch's memory are checked before
+    the first batch runs: a bad member or a batch that cannot fit even one image is a
+    :class:`UserError` and nothing is written; a group too large for memory runs as several
+    smaller batches.
+    """
     from omegaconf import OmegaConf
 
     schema.register()
@@ -215,48 +243,60 @@ def run(argv: Sequence[str], conf_dir: Path | None = None, quiet: bool = False) 
     params = OmegaConf.to_container(preset, resolve=False) if preset is not None else {}
     fixed, sweeps = split_sweep(argv, params)
     members = expand(sweeps)
-    sweep_dir = Path(str(base.hydra.sweep.dir))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    # what Hydra's multirun.yaml holds: lets the collector count jobs not yet started
-    multirun = OmegaConf.to_container(base, resolve=False)
-    multirun["hydra"]["overrides"]["task"] = list(argv)
-    _io.write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(OmegaConf.create(multirun)))
     groups = group_members(members)
-    if not quiet:
-        print(f"{PROG}: {len(members)} jobs in {len(groups)} batches -> {sweep_dir}", file=sys.stderr)
-    failed = 0
-    for g in groups:
-        cfgs, dirs, todo = [], [], []
-        for m in g:
-            cfg = _compose(conf_dir, fixed + m.overrides)
-            d = sweep_dir / schema.job_dirname(cfg.hydra.job.override_dirname)
-            if (d / "result.png").exists() and (d / "metrics.json").exists():
-                continue  # finished by an earlier (interrupted) invocation
-            _write_job_files(d, cfg, fixed + m.overrides, m.num)
-            _status(d, "running")
-            cfgs.append(task_config(cfg))
-            dirs.append(d)
-            todo.append(m)
-        if not cfgs:
-            continue
-        t0 = time.perf_counter()
-        try:
-            out = run_group(cfgs, dirs)
-        except Exception as e:  # noqa: BLE001 -- a failed batch is reported in its jobs; go on
-            msg = message(e) if isinstance(e, UserError) else f"{type(e).__name__}: {message(e)}"
-            for d in dirs:
-                _status(d, "failed", error=msg[:500])
-            print(f"{PROG}: batch of {len(dirs)} failed: {msg}", file=sys.stderr)
-            failed += len(dirs)
-            continue
+    sweep = app.RunDir(base, argv, multirun=True)
+    sweep.lock()
+    failed = True
+    try:
+        sweep_dir = sweep.path
+        plan = []  # (member configs, their directories, the members), one batch each
+        for g in groups:
+            cfgs, dirs, todo = [], [], []
+            for m in g:
+                cfg = _compose(conf_dir, fixed + m.overrides)
+                d = sweep_dir / schema.job_dirname(cfg.hydra.job.override_dirname)
+                if (d / "result.png").exists() and (d / "metrics.json").exists():
+                    continue  # finished by an earlier (interrupted) invocation
+                cfgs.append(cfg)
+                dirs.append(d)
+                todo.append(m)
+            if not cfgs:
+                continue
+            n = batch_that_fits([task_config(c) for c in cfgs])
+            plan += [(cfgs[i : i + n], dirs[i : i + n], todo[i : i + n]) for i in range(0, len(cfgs), n)]
+        # what Hydra's multirun.yaml holds: lets the collector count jobs not yet started
+        multirun = OmegaConf.to_container(base, resolve=False)
+        multirun["hydra"]["overrides"]["task"] = list(argv)
+        multirun["hydra"]["sweep"]["dir"] = str(sweep_dir)
+        _io.write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(OmegaConf.create(multirun)))
         if not quiet:
-            names = ", ".join(" ".join(m.overrides) for m in todo)
-            print(
-                f"{PROG}: batch of {out['batch']} done in {time.perf_counter() - t0:.1f} s "
-                f"(compile {out['compile_s']:.1f} s): {names}",
-                file=sys.stderr,
-            )
-    return sweep_dir, failed
+            print(f"{PROG}: {len(members)} jobs in {len(plan)} batches -> {sweep_dir}", file=sys.stderr)
+        n_failed = 0
+        for cfgs, dirs, todo in plan:
+            for cfg, d, m in zip(cfgs, dirs, todo):
+                _write_job_files(d, cfg, fixed + m.overrides, m.num)
+                _status(d, "running")
+            t0 = time.perf_counter()
+            try:
+                out = run_group([task_config(c) for c in cfgs], dirs)
+            except Exception as e:  # noqa: BLE001 -- a failed batch is reported in its jobs; go on
+                msg = message(e) if isinstance(e, UserError) else f"{type(e).__name__}: {message(e)}"
+                for d in dirs:
+                    _status(d, "failed", error=msg[:500])
+                print(f"{PROG}: batch of {len(dirs)} failed: {msg}", file=sys.stderr)
+                n_failed += len(dirs)
+                continue
+            if not quiet:
+                names = ", ".join(" ".join(m.overrides) for m in todo)
+                print(
+                    f"{PROG}: batch of {out['batch']} done in {time.perf_counter() - t0:.1f} s "
+                    f"(compile {out['compile_s']:.1f} s): {names}",
+                    file=sys.stderr,
+                )
+        failed = False
+    finally:
+        sweep.close(failed)
+    return sweep_dir, n_failed
 
 
 @command(PROG)
@@ -269,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         return 0
     argv = [a for a in argv if a not in ("-m", "--multirun")]
-    app.check_overrides("config", argv)
+    app.check_overrides("config", argv, validate=stylize.validate)
     _xla.persistent_cache()
     sweep_dir, failed = run(argv)
     print(sweep_dir)

@@ -6,7 +6,8 @@
 
 The schema is :class:`nstyle.cli.schema.TrainSchema`; :func:`nstyle.train.train` does the
 work in Hydra's run directory. Besides the library's files the run directory gets
-``loss.png`` (the loss terms of ``metrics.csv``, redrawn at every checkpoint) and ``.hydra/``.
+``loss.png`` (the loss terms of ``metrics.csv``, redrawn at every checkpoint) and ``.hydra/``
+(written once the run's checks passed: a refused resume leaves the directory as it was).
 """
 
 from __future__ import annotations
@@ -48,15 +49,25 @@ def task(dcfg) -> float:
     cfg = schema.train_settings(dcfg, schema.Typed.from_overrides(list(hc.overrides.task)))
     workdir = Path(hc.runtime.output_dir)
     _xla.persistent_cache()  # a resumed or repeated run reuses the compiled train step
-    summary = train.train(cfg, workdir, on_checkpoint=lambda step: plot_losses(workdir))
+    summary = train.train(
+        cfg,
+        workdir,
+        on_checkpoint=lambda step: plot_losses(workdir),
+        on_start=lambda: app.write_hydra_files(workdir, dcfg),
+    )
     plot_losses(workdir)
     loss = summary["final"].get("loss", float("nan"))
     print(f"{PROG}: wrote {workdir / 'model.npz'} (final loss {loss:.4g})")
     return float(loss)
 
 
+def validate(cfg) -> None:
+    """Every value of a composed config (each job of a sweep), before anything runs."""
+    schema.train_settings(app.without_hydra(cfg), schema.Typed.from_overrides(list(cfg.hydra.overrides.task)))
+
+
 def main(argv: list[str] | None = None) -> None:
-    app.hydra_main(PROG, "train", task, argv)
+    app.hydra_main(PROG, "train", task, argv, validate=validate)
 
 
 if __name__ == "__main__":
