@@ -30,7 +30,9 @@ def paper_param_count(w=32, blocks=5):
     return n
 
 
-TINY = fastnet.FastNetConfig(width=4, blocks=1)
+# the linear head: a freshly initialised network already transforms its input (the residual
+# default starts as the identity, which would hide what most tests here check)
+TINY = fastnet.FastNetConfig(width=4, blocks=1, output="linear")
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,26 @@ def test_outputs_linear_unbounded_and_tanh_bounded_stylize_clips(tiny_params):
     y = fastnet.apply(TINY, tiny_params, x)
     assert y.shape == x.shape
     assert not np.allclose(y[0], y[1])  # instance norm keeps images independent, not constant
+
+
+def test_the_residual_head_starts_as_the_identity_and_is_the_input_plus_half_z(tiny_params):
+    x = jax.random.uniform(jax.random.key(3), (2, 32, 28, 3))
+    residual = dataclasses.replace(TINY, output="residual")
+    assert fastnet.FastNetConfig().output == "residual"  # the default
+    fresh = fastnet.init(residual, jax.random.key(0))
+    assert not np.any(fresh["ConvIN_3"]["Conv_0"]["kernel"]) and not np.any(fresh["ConvIN_3"]["Conv_0"]["bias"])
+    np.testing.assert_array_equal(fastnet.apply(residual, fresh, x), x)  # an untrained network returns the photo
+    # with the same parameters: residual = x + z/2 where the linear head gives (z + 1)/2
+    np.testing.assert_allclose(
+        fastnet.apply(residual, tiny_params, x), x + fastnet.apply(TINY, tiny_params, x) - 0.5, atol=2e-6
+    )
+    big = jax.tree_util.tree_map(lambda p: p, tiny_params)
+    big["ConvIN_3"]["Conv_0"]["bias"] = big["ConvIN_3"]["Conv_0"]["bias"] + 8.0  # pushes every pixel past 1
+    raw = fastnet.apply(residual, big, x)
+    assert float(jnp.min(raw)) > 1.0  # unbounded while training ...
+    np.testing.assert_array_equal(fastnet.stylize(residual, big, x), 1.0)  # ... and clipped when applied
+    g = jax.grad(lambda p: jnp.mean(fastnet.apply(residual, p, x)))(big)
+    assert float(jnp.linalg.norm(g["ConvIN_3"]["Conv_0"]["kernel"])) > 0.1  # no pixel loses its gradient
 
 
 def test_the_linear_head_keeps_its_gradient_where_tanh_saturates(tiny_params):
@@ -184,7 +206,7 @@ def test_a_version_1_model_loads_and_runs_as_trained():
 
 # ----------------------------------------------------------------------------- several styles
 
-MULTI = fastnet.FastNetConfig(width=4, blocks=1, styles=3)
+MULTI = fastnet.FastNetConfig(width=4, blocks=1, styles=3, output="linear")
 
 
 @pytest.fixture(scope="module")
