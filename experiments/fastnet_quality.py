@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 # Named override sets. "v1" is the network and loss of model format version 1 (before the
-# normalised loss and the linear output): MSE-unit weights of PyTorch's example, tanh output.
+# normalised loss and the residual output): MSE-unit weights of PyTorch's example, tanh output.
 VARIANTS: dict[str, list[str]] = {
     "defaults": [],
     "v1": [
@@ -55,6 +55,7 @@ VARIANTS: dict[str, list[str]] = {
         "loss.tv_weight=10",
     ],  # fmt: skip
     "tanh": ["net.output=tanh"],  # the default loss with the version-1 output
+    "linear": ["net.output=linear"],  # the default loss with an output that starts as noise, not the photo
 }
 FIELDS = ("variant", "photo", "steps", "size", "train_s", "final_loss", "final_content", "final_style", "style_ratio",
           "style_ratio_vgg19", "lpips", "white", "black", "out_of_range", "overrides")  # fmt: skip
