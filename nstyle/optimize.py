@@ -24,7 +24,9 @@ Design (see also ``make_step``):
 - **Batches** of B images with per-image loss weights (α, β, TV weight, each (B,)) are
   optimised independently: the per-image loss, its gradient and the optax update are all
   ``vmap``-ed over the batch, so each image has its own L-BFGS memory and step sizes, exactly
-  as if it ran alone; the VGG passes still run as one batched convolution.
+  as if it ran alone; the VGG passes still run as one batched convolution. Given a mesh
+  (:func:`nstyle.distributed.make_mesh`), the batch is split over its devices, those of
+  several processes too, the way FastNet training splits its batches of photos.
 - **Non-finite loss**: an image whose loss becomes NaN/inf is frozen at its last image with a
   finite loss (per image, inside the step); a run stops when every image is frozen.
 - **The result** of N steps is, per image, the best of the N evaluated iterates (the lowest
@@ -45,8 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from nstyle import _xla, losses, vgg
+from nstyle import _xla, distributed, losses, vgg
 
 OPTIMIZERS = ("lbfgs", "adam")
 LINESEARCHES = ("none", "zoom")
@@ -465,6 +468,7 @@ def stylize_batch(
     key: jax.Array | None = None,
     optim: OptimConfig = OptimConfig(),
     callback: Callback | None = None,
+    mesh: Mesh | None = None,
 ) -> BatchResult:
     """Optimise B images at once, each independently, with per-image loss weights.
 
@@ -483,6 +487,11 @@ def stylize_batch(
       optim: the optimiser.
       callback: called after every iteration as ``callback(i, state, metrics)`` with numpy
         metrics; returning True stops the run (``stopped_reason="callback"``).
+      mesh: split the batch over this mesh's devices (:func:`nstyle.distributed.make_mesh`);
+        the VGG weights are replicated. The batch is padded to a multiple of the device count
+        with copies of its last image, which the result leaves out. In a multi-process run
+        every process calls this with the same arguments and gets the whole result. None:
+        JAX's default device.
 
     A KeyboardInterrupt stops the loop and returns what was reached
     (``stopped_reason="interrupted"``).
@@ -492,6 +501,11 @@ def stylize_batch(
     targets = prepare_targets(params, loss, content, styles, style_blend, batch)
     params = vgg.with_backward_kernels(params, loss.layers)  # once per run, not in every step's backward pass
     x0 = initial_images(init, shape, batch, key, content=content, styles=styles)
+    if mesh is not None:
+        padded = -(-batch // mesh.size) * mesh.size
+        split = distributed.batch_sharding(mesh)
+        x0, targets, w = (distributed.put(_pad_batch(t, padded), split) for t in (x0, targets, w))
+        params = distributed.put(params, distributed.replicated(mesh))
 
     init_fn, step_fn = make_step(loss, optim)
     state = init_fn(x0)
@@ -504,21 +518,31 @@ def stylize_batch(
     wall_s = time.perf_counter() - t0
     images, final, diverged = _best_iterates(state, loop.history, lambda x: make_evaluate(loss)(x, params, targets, w))
     reason = loop.reason
-    if reason == "steps" and diverged.all() and optim.steps > 0:
+    if reason == "steps" and diverged[:batch].all() and optim.steps > 0:
         reason = "nonfinite"
-    return BatchResult(
-        images=images,
-        history=loop.history,
-        final=final,
-        evals=loop.evals,
+    return BatchResult(  # without the padding of a split batch
+        images=images[:batch],
+        history={k: v[:, :batch] for k, v in loop.history.items()},
+        final={k: v[:batch] for k, v in final.items()},
+        evals=loop.evals[:batch],
         iterations=loop.iterations if optim.steps else 0,
         stopped_reason=reason,
-        diverged=diverged,
+        diverged=diverged[:batch],
         compile_s=compile_s,
         wall_s=wall_s,
-        restarts=loop.restarts,
-        resets=loop.resets,
+        restarts=loop.restarts[:batch],
+        resets=loop.resets[:batch],
     )
+
+
+def _pad_batch(tree, n: int):
+    """Leaves (B, ...) -> numpy (n, ...), the last row repeated (n >= B)."""
+
+    def one(a):
+        a = np.asarray(a)
+        return a if a.shape[0] == n else np.concatenate([a, np.repeat(a[-1:], n - a.shape[0], axis=0)])
+
+    return jax.tree.map(one, tree)
 
 
 def _batch_and_shape(content, weights, batch, shape) -> tuple[int, tuple[int, int]]:
@@ -556,7 +580,7 @@ def _run_loop(step_fn, state: StepState, args: tuple, steps: int, callback: Call
     try:
         for it in range(1, steps + 1):
             state, m = step_fn(state, *args)
-            m = jax.device_get(m)
+            m = distributed.gather(m)  # (B,) each; several processes: every one gets all of them
             evals += m["evals"]
             restarts += m["restart"]
             resets += m["reset"]
@@ -585,7 +609,7 @@ def _best_iterates(state: StepState, history: dict[str, np.ndarray], evaluate):
     the starting images are evaluated by ``evaluate(images) -> (total, aux)``.
     """
     batch = state.best.shape[0]
-    diverged = ~np.asarray(state.alive)
+    diverged = ~distributed.gather(state.alive)
     if len(history.get("loss", ())):
         total = history["loss"]  # (T, B)
         row = np.argmin(np.where(np.isfinite(total), total, np.inf), axis=0)  # the first minimum, as the step's "<"
@@ -593,10 +617,10 @@ def _best_iterates(state: StepState, history: dict[str, np.ndarray], evaluate):
         last = state.good
     else:
         last = state.image
-        total, aux = evaluate(last)
+        total, aux = distributed.gather(evaluate(last))
         final = {"loss": np.asarray(total, np.float64), **{k: np.asarray(v, np.float64) for k, v in aux.items()}}
         diverged = ~np.isfinite(final["loss"])
-    return np.clip(np.asarray(last, np.float32), 0.0, 1.0), final, diverged
+    return np.clip(distributed.gather(last).astype(np.float32), 0.0, 1.0), final, diverged
 
 
 def stylize(

@@ -12,6 +12,10 @@ directory holds ``checkpoints/``, ``metrics.csv`` (loss terms every ``log_every`
 Calling :func:`train` again on the same directory resumes from its last checkpoint: same
 step, optimiser state, data order and RNG, so the result equals an uninterrupted run.
 
+Several processes (:mod:`nstyle.distributed`, e.g. ``srun --ntasks=2``) train one model: the
+mesh spans every process's devices, each process loads only its slice of each batch, all of
+them resume from the checkpoint process 0 chose, and only process 0 writes files.
+
 The pieces are separate functions: :func:`perceptual_loss_for` (the configured weights as
 METHOD.md's sums), :func:`training_loss` (the normalised per-image objective),
 :func:`make_train_step` (one jitted, data-parallel step), :func:`init_state`, and inside
@@ -24,6 +28,7 @@ and a resumed run assigns them as the uninterrupted one did.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -39,10 +44,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from nstyle import _io, _rundir, _xla, checkpoint, data, fastnet, images, losses, memory, runinfo, vgg, weights
+from nstyle import (
+    _io,
+    _rundir,
+    _xla,
+    checkpoint,
+    data,
+    distributed,
+    fastnet,
+    images,
+    losses,
+    memory,
+    runinfo,
+    vgg,
+    weights,
+)
 from nstyle._errors import UserError
 
 log = logging.getLogger("nstyle.train")
@@ -149,6 +167,7 @@ class TrainConfig:
     progress: bool = True
     resume: bool = True  # continue from checkpoints/ in the work directory if there are any
     kill_at_step: int | None = None  # tests only: SIGKILL this process right after this step
+    pause_at_step: int | None = None  # tests only: after this step, wait until killed (scancel tests)
 
     def __post_init__(self):
         if not self.style:
@@ -282,10 +301,9 @@ def make_optimizer(cfg: LRSchedule, steps: int) -> optax.GradientTransformation:
     return optax.adam(lr)
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over the batch axis of all (or the given) devices."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.array(devices), ("data",))
+# the batch axis and its sharding are nstyle.distributed's, shared with the batched Gatys sweep
+make_mesh = distributed.make_mesh
+shard_batch = distributed.shard_batch
 
 
 def style_indices(step: jax.Array, batch: int, styles: int) -> jax.Array:
@@ -310,8 +328,8 @@ def make_train_step(
     randomness (a horizontal flip per image) is ``fold_in(key, state.step)``, so a resumed
     run draws the same numbers; so is each image's style (:func:`style_indices`).
     """
-    replicated = NamedSharding(mesh, P())
-    split = NamedSharding(mesh, P("data"))
+    replicated = distributed.replicated(mesh)
+    split = distributed.batch_sharding(mesh)
 
     def step_fn(frozen, state: TrainState, batch: jax.Array, key: jax.Array):
         loss_params, style = frozen
@@ -364,15 +382,8 @@ def init_state(
         params = fastnet.FastNet(net).init(key, x, w)["params"]
         return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
-    out = None if mesh is None else NamedSharding(mesh, P())
+    out = None if mesh is None else distributed.replicated(mesh)
     return jax.jit(build, out_shardings=out)(key)
-
-
-def shard_batch(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Host batch -> global array split over 'data'. Multi-host: ``batch`` is this process's slice."""
-    if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    return jax.make_array_from_process_local_data(sharding, batch)
 
 
 # ----------------------------------------------------------------------------- training
@@ -532,17 +543,7 @@ def restore_or_init(cfg: TrainConfig, run: _Run, workdir: Path) -> TrainState:
             f"{ckpt_dir} already holds checkpoints and resume=false; use a new run directory "
             f"(or resume=true to continue that run)"
         )
-    last, info = None, None
-    if cfg.resume:
-        last, info, moved = checkpoint.latest_readable(ckpt_dir)
-        for path, why in moved:
-            log.warning("damaged checkpoint moved aside as %s: %s", path.name, why)
-        if last is None and checkpoint.damaged(ckpt_dir):
-            names = ", ".join(p.name for p in checkpoint.damaged(ckpt_dir))
-            raise checkpoint.CheckpointError(
-                f"{ckpt_dir} holds no readable checkpoint, only damaged ones ({names}); delete them to start "
-                f"this run over, or put a good checkpoint back"
-            )
+    last, info = _agreed_checkpoint(ckpt_dir) if cfg.resume else (None, None)
     if last is not None:
         if "identity" in info:
             check_identity(info["identity"], identity(cfg, run), last)
@@ -558,29 +559,74 @@ def restore_or_init(cfg: TrainConfig, run: _Run, workdir: Path) -> TrainState:
     init_key = jax.random.split(jax.random.key(cfg.seed))[0]
     state = init_state(run.net, run.optimizer, init_key, run.mesh)
     if last is None:
-        _truncate_log(workdir / "metrics.csv", 0)  # a fresh start in a used directory: not this run's log
+        if distributed.is_main():
+            _truncate_log(workdir / "metrics.csv", 0)  # a fresh start in a used directory: not this run's log
         return state
     tree, info = checkpoint.restore(last, like=state._asdict())
     state = TrainState(**tree)
     start = int(state.step)
     log.info("resuming from %s (step %d)", last.name, start)
-    _truncate_log(workdir / "metrics.csv", start)
-    return jax.device_put(state, NamedSharding(run.mesh, P()))
+    if distributed.is_main():
+        _truncate_log(workdir / "metrics.csv", start)
+    return distributed.put(state, distributed.replicated(run.mesh))
+
+
+def _agreed_checkpoint(ckpt_dir: Path) -> tuple[Path | None, dict | None]:
+    """``(checkpoint, its info)`` to resume from, as process 0 chose it; every process of a run takes that one.
+
+    Process 0 alone moves damaged checkpoints aside; if it refuses to resume, the others stop too.
+    """
+    last, info, refused = None, None, None
+    if distributed.is_main():
+        try:
+            last, info = _newest_readable(ckpt_dir)
+        except UserError as e:
+            refused = e
+    if jax.process_count() > 1:
+        step = -2 if refused is not None else -1 if last is None else checkpoint.step_of(last)
+        step = int(distributed.broadcast(np.int32(step)))
+        if step == -2 and refused is None:
+            raise checkpoint.CheckpointError(f"{ckpt_dir}: process 0 refused to resume from it (its log says why)")
+        if step >= 0 and last is None:
+            last = checkpoint.path_for(ckpt_dir, step)
+            info = checkpoint.read(last)[1]
+    if refused is not None:
+        raise refused
+    return last, info
+
+
+def _newest_readable(ckpt_dir: Path) -> tuple[Path | None, dict | None]:
+    """The newest readable checkpoint and its info; damaged ones are moved aside (and named)."""
+    last, info, moved = checkpoint.latest_readable(ckpt_dir)
+    for path, why in moved:
+        log.warning("damaged checkpoint moved aside as %s: %s", path.name, why)
+    if last is None and checkpoint.damaged(ckpt_dir):
+        names = ", ".join(p.name for p in checkpoint.damaged(ckpt_dir))
+        raise checkpoint.CheckpointError(
+            f"{ckpt_dir} holds no readable checkpoint, only damaged ones ({names}); delete them to start "
+            f"this run over, or put a good checkpoint back"
+        )
+    return last, info
 
 
 class _Logger:
-    """Means of the step metrics over each ``log_every`` interval, appended to ``metrics.csv``."""
+    """Means of the step metrics over each ``log_every`` interval, appended to ``metrics.csv``.
 
-    def __init__(self, path: Path, cfg: TrainConfig, start: int):
+    Every process computes the rows (and stops on a non-finite loss); only a ``writer`` writes them.
+    """
+
+    def __init__(self, path: Path, cfg: TrainConfig, start: int, writer: bool = True):
         self.cfg, self.pending, self.last_row = cfg, [], {}
-        new = not path.exists()
-        self.file = open(path, "a", newline="")  # noqa: SIM115 -- closed by close(), after the loop
-        self.writer = csv.DictWriter(self.file, CSV_FIELDS)
-        if new:
-            self.writer.writeheader()
+        self.file = self.writer = None
+        if writer:
+            new = not path.exists()
+            self.file = open(path, "a", newline="")  # noqa: SIM115 -- closed by close(), after the loop
+            self.writer = csv.DictWriter(self.file, CSV_FIELDS)
+            if new:
+                self.writer.writeheader()
         self.t0 = self.t_last = time.perf_counter()
         self.bar = None
-        if cfg.progress:
+        if cfg.progress and writer:
             from tqdm import tqdm
 
             self.bar = tqdm(
@@ -590,7 +636,7 @@ class _Logger:
     def add(self, done: int, metrics: dict) -> None:
         self.pending.append(metrics)
         if done % self.cfg.log_every == 0 or done == self.cfg.steps:
-            host = jax.device_get(self.pending)  # one sync per log interval
+            host = distributed.local(self.pending)  # one sync per log interval
             now = time.perf_counter()
             row = {k: float(np.mean([m[k] for m in host])) for k in ("loss", "content", "style", "tv", "grad_norm")}
             row.update(
@@ -600,8 +646,9 @@ class _Logger:
                 raise FloatingPointError(
                     f"loss became {row['loss']} at step {done}; lower optim.lr or the loss weights"
                 )
-            self.writer.writerow(row)
-            self.file.flush()
+            if self.writer is not None:
+                self.writer.writerow(row)
+                self.file.flush()
             self.pending, self.t_last, self.last_row = [], now, row
             if self.bar is not None:
                 self.bar.set_postfix(
@@ -616,7 +663,8 @@ class _Logger:
             self.bar.update(1)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.bar is not None:
             self.bar.close()
 
@@ -626,7 +674,7 @@ def _loop(
 ) -> tuple[TrainState, dict, int]:
     """Steps from ``state.step`` to ``cfg.steps``; returns the state, the last log row and the skipped-file count."""
     start = int(state.step)
-    split = NamedSharding(run.mesh, P("data"))
+    split = distributed.batch_sharding(run.mesh)
     style = style_table(run.loss_params, run.style_images, run.loss)  # {layer: (S, N, N)}
     train_step = make_train_step(
         run.net, run.loss, run.optimizer, run.loss_params, style, run.mesh, normalize=cfg.loss.normalize
@@ -637,7 +685,8 @@ def _loop(
         run.folder, cfg.size, cfg.batch, cfg.seed, start=start * cfg.batch, scale=tuple(cfg.crop_scale), shard=shard
     )
     loader = data.Prefetch(lambda: shard_batch(batches.next_batch(), split), depth=cfg.prefetch)
-    logger = _Logger(workdir / "metrics.csv", cfg, start)
+    main = distributed.is_main()
+    logger = _Logger(workdir / "metrics.csv", cfg, start, writer=main)
     ckpt_dir = workdir / "checkpoints"
     run_identity = identity(cfg, run)
     try:
@@ -645,9 +694,9 @@ def _loop(
             state, metrics = train_step(state, loader.next(), step_key)
             done = step + 1
             logger.add(done, metrics)
-            if done % cfg.sample_every == 0 or done == cfg.steps:
+            if main and (done % cfg.sample_every == 0 or done == cfg.steps):
                 save_samples(workdir, done, run, state.params)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 info = {
                     "identity": run_identity,
                     "config": {"seed": cfg.seed, "batch": cfg.batch, "size": cfg.size},
@@ -661,12 +710,16 @@ def _loop(
                     "fastnet": dataclasses.asdict(run.net),
                     "time": time.time(),
                 }
-                checkpoint.save(ckpt_dir, done, state._asdict(), info, keep=cfg.keep_checkpoints)
+                checkpoint.save(ckpt_dir, done, distributed.local(state._asdict()), info, keep=cfg.keep_checkpoints)
                 if on_checkpoint is not None:
                     on_checkpoint(done)
             if cfg.kill_at_step is not None and done == cfg.kill_at_step:
-                logger.file.flush()
+                logger.close()
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash: no cleanup, nothing flushed but what is on disk
+            if cfg.pause_at_step is not None and done == cfg.pause_at_step:
+                logger.close()
+                while True:  # mid-run until something (scancel, a test) kills the process
+                    time.sleep(1)
     finally:
         loader.close()
         logger.close()
@@ -676,6 +729,7 @@ def _loop(
 def save_samples(workdir: Path, step: int, run: _Run, params) -> Path:
     """The validation images above their stylisations (one row per style), as one PNG in ``samples/``."""
     stylize = _sampler(run.net)
+    params = distributed.local(params)  # this process's copy: the sampler runs on its own device
     rows = [run.validation]
     for k in range(run.net.styles):
         onehot = np.eye(run.net.styles, dtype=np.float32)[k]  # (S,)
@@ -705,19 +759,23 @@ def train(
     ``on_checkpoint(step)`` after each checkpoint (it redraws the loss plot).
     """
     workdir = Path(workdir)
-    with _rundir.hold(workdir):
-        _rundir.check_writable(workdir, workdir / "checkpoints", workdir / "samples")
+    main = distributed.is_main()
+    # process 0 owns the directory; the others of a multi-process run only read from it
+    with _rundir.hold(workdir) if main else contextlib.nullcontext():
+        if main:
+            _rundir.check_writable(workdir, workdir / "checkpoints", workdir / "samples")
         run = _prepare(cfg)
         state = restore_or_init(cfg, run, workdir)
-        _rundir.remove_stale_temporaries(workdir, ["checkpoints", "samples"])
-        if on_start is not None:
-            on_start()
+        if main:
+            _rundir.remove_stale_temporaries(workdir, ["checkpoints", "samples"])
+            if on_start is not None:
+                on_start()
         start = int(state.step)
         state, last_row, skipped = _loop(cfg, run, state, workdir, on_checkpoint)
         if not last_row:  # nothing trained in this process (resumed at the last step): the log's last row
             rows = read_log(workdir / "metrics.csv")
             last_row = rows[-1] if rows else {}
-        if not (workdir / "samples" / f"step_{cfg.steps:07d}.png").exists():
+        if main and not (workdir / "samples" / f"step_{cfg.steps:07d}.png").exists():
             save_samples(workdir, cfg.steps, run, state.params)
         return export(cfg, run, state, workdir, start=start, last_row=last_row, skipped=skipped)
 
@@ -725,8 +783,8 @@ def train(
 def export(
     cfg: TrainConfig, run: _Run, state: TrainState, workdir: Path, *, start: int, last_row: dict, skipped: int
 ) -> dict:
-    """Write ``model.npz`` and ``metrics.json``; returns the summary."""
-    params = jax.device_get(state.params)
+    """Write ``model.npz`` and ``metrics.json`` (process 0 only); returns the summary on every process."""
+    params = distributed.local(state.params)
     model_meta = {
         "style": cfg.styles[0] if len(cfg.styles) == 1 else list(cfg.styles),
         "styles": list(cfg.styles),
@@ -738,7 +796,6 @@ def export(
         "loss_normalize": cfg.loss.normalize,
         "checkpoint": checkpoint.path_for(workdir / "checkpoints", cfg.steps).name,
     }
-    fastnet.export_model(workdir / "model.npz", run.net, params, model_meta)
     summary = {
         "steps": cfg.steps,
         "resumed_from_step": start,
@@ -765,5 +822,7 @@ def export(
         "config": cfg,
         "run": runinfo.describe(params=run.loss_params, seed=cfg.seed),
     }
-    _io.write_json(workdir / "metrics.json", summary)
+    if distributed.is_main():
+        fastnet.export_model(workdir / "model.npz", run.net, params, model_meta)
+        _io.write_json(workdir / "metrics.json", summary)
     return summary

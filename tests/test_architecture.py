@@ -11,8 +11,8 @@ import nstyle
 PKG = Path(nstyle.__file__).resolve().parent
 
 PUBLIC = [
-    "color", "data", "fastnet", "images", "losses", "lpips", "memory", "metrics", "optimize", "runinfo", "train",
-    "transfer", "vgg", "weights",
+    "color", "data", "distributed", "fastnet", "images", "losses", "lpips", "memory", "metrics", "optimize", "runinfo",
+    "train", "transfer", "vgg", "weights",
     "FastNetConfig", "OptimConfig", "PerceptualLoss", "TrainConfig", "TransferSettings", "UserError", "features",
     "load_image", "load_model", "lpips_distance", "perceptual_loss", "save_image", "stylize", "stylize_batch",
     "__version__",
@@ -85,3 +85,28 @@ def test_library_imports_nothing_of_the_command_line_layer():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+
+
+def _renames(tree: ast.AST) -> list[int]:
+    """Line numbers of ``os.replace``/``os.rename`` calls and of ``.rename`` on any object (a Path)."""
+    return [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and (
+            n.func.attr == "rename"
+            or (n.func.attr == "replace" and isinstance(n.func.value, ast.Name) and n.func.value.id == "os")
+        )
+    ]
+
+
+def test_one_atomic_writer_and_no_long_functions():
+    """Renames that publish a file live only in ``_io``; no function of the package is over 80 lines."""
+    for f in PKG.rglob("*.py"):
+        tree = ast.parse(f.read_text())
+        if f.name != "_io.py":
+            assert not _renames(tree), f"{f.name}: a rename outside nstyle._io, line {_renames(tree)}"
+        for n in ast.walk(tree):
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert n.end_lineno - n.lineno + 1 <= 80, f"{f.name}:{n.name} is {n.end_lineno - n.lineno + 1} lines"

@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nstyle import fastnet, losses, optimize, train, transfer, vgg
+from nstyle import distributed, fastnet, losses, optimize, train, transfer, vgg
 from nstyle._errors import UserError
 
 # The schemas below use ``Optional[X]`` rather than ``X | None``: OmegaConf reads the
@@ -38,9 +39,17 @@ def job_dirname(override_dirname: str) -> str:
     return str(override_dirname).replace("/", "_").replace("\\", "_")
 
 
+def main_process_only(value: Any) -> Any:
+    """``value`` in process 0 of a multi-process run (and in a single-process run), else None."""
+    return value if distributed.launch_rank()[0] == 0 else None
+
+
 # conf/*.yaml name job dirs ${nstyle_dirname:${hydra.job.override_dirname}}; registered on
 # import, so a launcher's worker process that unpickles the task has it too
 OmegaConf.register_new_resolver("nstyle_dirname", job_dirname, replace=True)
+# conf/train.yaml: hydra.output_subdir is ${nstyle_main_only:.hydra}, so of the processes of one
+# run (srun --ntasks=N, or submitit's tasks_per_node=N) only process 0 writes .hydra/
+OmegaConf.register_new_resolver("nstyle_main_only", main_process_only, replace=True)
 
 _LOSS = losses.PerceptualLoss()
 _OPTIM = optimize.OptimConfig()
@@ -182,13 +191,29 @@ class TrainSchema:
     progress: bool = _TRAIN["progress"]
     resume: bool = _TRAIN["resume"]  # continue from checkpoints/ if the run directory has any
     kill_at_step: Optional[int] = _TRAIN["kill_at_step"]  # tests only: SIGKILL the process after this step
+    pause_at_step: Optional[int] = _TRAIN["pause_at_step"]  # tests only: after this step, wait until killed
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore (idempotent)."""
+    """Put the schemas in Hydra's ConfigStore and let Hydra find nstyle's launcher (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="stylize_schema", node=StylizeSchema)
     cs.store(name="train_schema", node=TrainSchema)
+    _expose_launcher_plugin()
+
+
+def _expose_launcher_plugin() -> None:
+    """Hydra instantiates only the launchers it found walking the directories of the
+    ``hydra_plugins`` namespace; an editable install maps ``hydra_plugins.nstyle_launcher``
+    through an import hook instead of a directory, which that walk does not see."""
+    try:
+        import hydra_plugins
+        import hydra_plugins.nstyle_launcher as plugin
+    except ImportError:
+        return
+    parent = Path(plugin.__file__).resolve().parent.parent
+    if all(Path(p).resolve() != parent for p in hydra_plugins.__path__ if Path(p).is_dir()):
+        hydra_plugins.__path__.append(str(parent))
 
 
 # ------------------------------------------------------------------------------ checking
