@@ -143,7 +143,9 @@ class NetSchema:
     width: int = _NET.width  # first conv's channels; 2x and 4x after the two stride-2 convs (paper: 32/64/128)
     blocks: int = _NET.blocks  # residual blocks (paper: 5)
     upsample: str = _NET.upsample  # nearest-neighbour x2 then conv (no checkerboard); "transpose" is the paper's
-    output: str = _NET.output  # linear: (z+1)/2, clipped when applied; tanh: (tanh(z)+1)/2 (model format version 1)
+    # residual: x + z/2, starting as the identity; linear: (z+1)/2; both clipped when applied;
+    # tanh: (tanh(z)+1)/2 (model format version 1)
+    output: str = _NET.output
 
 
 @dataclasses.dataclass
