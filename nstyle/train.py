@@ -1,6 +1,8 @@
-"""Train a FastNet for one style on a folder of photos (Johnson et al. 2016): the library side.
+"""Train a FastNet on a folder of photos (Johnson et al. 2016; several styles in one network,
+Dumoulin et al. 2017): the library side.
 
     cfg = TrainConfig(style="starry.jpg", data="/data/coco/train2014", size=256, steps=40000)
+    cfg = TrainConfig(style=("a.jpg", "b.jpg", "c.jpg"), data=...)   # one network, three styles
     summary = train(cfg, "runs/starry")     # checkpoints/, metrics.csv, samples/, model.npz, metrics.json
 
 ``nstyle-train`` (:mod:`nstyle.cli.train`) is this function behind a Hydra schema. The work
@@ -14,9 +16,14 @@ Several processes (:mod:`nstyle.distributed`, e.g. ``srun --ntasks=2``) train on
 mesh spans every process's devices, each process loads only its slice of each batch, all of
 them resume from the checkpoint process 0 chose, and only process 0 writes files.
 
-The pieces are separate functions: :func:`perceptual_loss_for` (MSE-unit weights to
-METHOD.md's sums), :func:`make_train_step` (one jitted, data-parallel step),
-:func:`init_state`, and inside :func:`train` the steps restore-or-init, loop, export.
+The pieces are separate functions: :func:`perceptual_loss_for` (the configured weights as
+METHOD.md's sums), :func:`training_loss` (the normalised per-image objective),
+:func:`make_train_step` (one jitted, data-parallel step), :func:`init_state`, and inside
+:func:`train` the steps restore-or-init, loop, export.
+
+With several styles, image ``i`` of step ``t``'s batch is trained for style
+``(t·B + i) mod S`` (:func:`style_indices`): every style gets the same share of the photos,
+and a resumed run assigns them as the uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ DEFAULT_LAYERS = {
     "vgg19": (("relu2_2",), ("relu1_2", "relu2_2", "relu3_4", "relu4_4")),
 }
 SCHEDULES = ("constant", "cosine")
+NORMALIZATIONS = ("target", "none")
 
 
 # ----------------------------------------------------------------------------- config
@@ -71,26 +79,39 @@ SCHEDULES = ("constant", "cosine")
 
 @dataclasses.dataclass(frozen=True)
 class TrainLoss:
-    """Loss weights in mean-squared-error units, as in PyTorch's fast_neural_style example.
+    """The training loss: layers, weights and how each term is normalised.
 
-    That example uses the same torchvision VGG16 and input normalisation as nstyle, so its
-    weights carry over: content_weight · mean((F − P)²) + style_weight · Σ_l mean((G_l − A_l)²)
-    with G = F Fᵀ / (N·M), + tv_weight · mean over pixels of (∂x² + ∂y²). See
-    :func:`perceptual_loss_for` for the exact conversion to METHOD.md's sums.
+    ``normalize="target"`` (the default) divides each layer's term by the same term of a
+    zero response, i.e. by its target's size: the content term of layer l becomes
+    ``Σ(F−P)²/ΣP²`` (P the input photo's response, per image) and the style term
+    ``Σ(G/M−Â)²/ΣÂ²`` (Â the style's mean Gram matrix). Both are relative errors, 1 for a
+    black image whatever the crop size, the painting or the layer, so one set of weights
+    holds from 64 to 256 px crops (docs/fastnet.md has the measurements).
+
+    ``normalize="none"`` takes the weights in mean-squared-error units, as PyTorch's
+    fast_neural_style example does (it uses the same torchvision VGG16 and input
+    normalisation, so its weights carry over: content 1e5, style 1e10, TV 10, meant for 256 px
+    crops): content_weight · mean((F − P)²) + style_weight · Σ_l mean((G_l − A_l)²) with
+    G = F Fᵀ / (N·M). See :func:`perceptual_loss_for` for the conversion to METHOD.md's sums.
+
+    In both, the TV term is tv_weight · mean over pixels of (∂x² + ∂y²).
     """
 
     network: str = "vgg16"  # Johnson et al.'s loss network; vgg19 uses relu1_2/2_2/3_4/4_4 for style
     content_layers: tuple[str, ...] | None = None  # None: the network's default (relu2_2)
     style_layers: tuple[str, ...] | None = None  # None: relu1_2, relu2_2, relu3_3, relu4_3 (VGG16)
-    content_weight: float = 1e5
-    style_weight: float = 1e10
-    tv_weight: float = 10.0  # small; smooths high-frequency noise
+    normalize: str = "target"  # "target": relative errors per layer; "none": MSE units (the PyTorch example's)
+    content_weight: float = 1.0
+    style_weight: float = 1.0  # per style layer
+    tv_weight: float = 0.0
     style_size: int | None = None  # longest side of the style image for its Gram targets; None: the crop size
     pooling: str = "max"  # the loss network as it was trained
 
     def __post_init__(self):
         if self.network not in DEFAULT_LAYERS:
             raise UserError(f"loss.network must be one of {', '.join(DEFAULT_LAYERS)}, got '{self.network}'")
+        if self.normalize not in NORMALIZATIONS:
+            raise UserError(f"loss.normalize must be one of {', '.join(NORMALIZATIONS)}, got '{self.normalize}'")
         for name in ("content_weight", "style_weight", "tv_weight"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
@@ -126,7 +147,7 @@ class LRSchedule:
 class TrainConfig:
     """Everything a training run needs; the defaults are the paper's (Johnson et al. 2016)."""
 
-    style: str | None = None  # style image path or builtin:<name> (required)
+    style: str | tuple[str, ...] | None = None  # style image (path or builtin:<name>), or several (required)
     data: str | None = None  # folder of training photos, searched recursively (required)
     size: int = 256  # training crop side (px); a multiple of 4
     steps: int = 40000  # 40k steps of batch 4 ≈ 2 epochs of COCO's 83k images
@@ -150,7 +171,11 @@ class TrainConfig:
 
     def __post_init__(self):
         if not self.style:
-            raise UserError("no style image; add style=PATH (an image file or builtin:<name>)")
+            raise UserError("no style image; add style=PATH (an image file or builtin:<name>) or style=[a.jpg,b.jpg]")
+        if not all(isinstance(x, str) and x for x in self.styles):
+            raise UserError(f"style: expected a path or a list of paths, got {self.style!r}")
+        if len(set(self.styles)) != len(self.styles):
+            raise UserError(f"style: {list(self.styles)} names an image twice; give each style once")
         if not self.data:
             raise UserError("no training data; add data=DIR (a folder of photos, e.g. COCO train2014)")
         if self.size < 16 or self.size % 4:
@@ -165,20 +190,29 @@ class TrainConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prefetch < 0:
             raise UserError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.net.styles not in (1, len(self.styles)):
+            raise UserError(f"net.styles={self.net.styles} but {len(self.styles)} style images; leave net.styles at 1")
+
+    @property
+    def styles(self) -> tuple[str, ...]:
+        """The style images, one or more, in the order of the network's style weights."""
+        return (self.style,) if isinstance(self.style, str) else tuple(self.style)
 
 
 # ----------------------------------------------------------------------------- loss
 
 
 def perceptual_loss_for(cfg: TrainLoss, size: int, params: vgg.VGGParams) -> tuple[losses.PerceptualLoss, float]:
-    """Turn MSE-unit weights into a :class:`losses.PerceptualLoss` (METHOD.md sums) for ``size`` crops.
+    """The configured weights as a :class:`losses.PerceptualLoss` (METHOD.md sums) for ``size`` crops.
 
-    With N_l channels and M_l positions at layer l:
+    ``normalize="target"``: the layer weights are ``content_weight`` and ``style_weight``
+    as given; :func:`training_loss` divides each term by its target's size.
+    ``normalize="none"`` (MSE units); with N_l channels and M_l positions at layer l:
       content  w_c · Σ(F−P)²/(N M)           = (2 w_c / (N M)) · ½Σ(F−P)²       -> content weight 2 w_c/(N M)
       style    w_s · Σ(G/(NM) − A/(NM))²/N²  = (4 w_s / N²) · Σ(G/M−Â)²/(4N²)   -> style weight 4 w_s / N²
-      TV       w_tv · tv / (3 H W)                                             -> tv weight w_tv / (3 H W)
-    E.g. at 256 px the VGG16 content weight is 2e5 / (128·128²) ≈ 0.095, and the style weights
-    are 9.8e6, 2.4e6, 6.1e5, 1.5e5 for relu1_2 … relu4_3. Returns ``(loss, tv_scale)``.
+    E.g. at 256 px the VGG16 content weight for w_c = 1e5 is 2e5 / (128·128²) ≈ 0.095, and the
+    style weights for w_s = 1e10 are 9.8e6, 2.4e6, 6.1e5, 1.5e5 for relu1_2 … relu4_3.
+    TV, both: w_tv · tv / (3 H W). Returns ``(loss, tv_scale)``.
     """
     content_layers = tuple(cfg.content_layers or DEFAULT_LAYERS[cfg.network][0])
     style_layers = tuple(cfg.style_layers or DEFAULT_LAYERS[cfg.network][1])
@@ -189,10 +223,15 @@ def perceptual_loss_for(cfg: TrainLoss, size: int, params: vgg.VGGParams) -> tup
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    cw = tuple(
-        2.0 * cfg.content_weight / (s.shape[3] * s.shape[1] * s.shape[2]) for s in (shapes[l] for l in content_layers)
-    )
-    sw = tuple(4.0 * cfg.style_weight / shapes[l].shape[3] ** 2 for l in style_layers)
+    if cfg.normalize == "target":
+        cw = (cfg.content_weight,) * len(content_layers)
+        sw = (cfg.style_weight,) * len(style_layers)
+    else:
+        cw = tuple(
+            2.0 * cfg.content_weight / (s.shape[3] * s.shape[1] * s.shape[2])
+            for s in (shapes[l] for l in content_layers)
+        )
+        sw = tuple(4.0 * cfg.style_weight / shapes[l].shape[3] ** 2 for l in style_layers)
     tv = cfg.tv_weight / (3.0 * size * size)
     loss = losses.PerceptualLoss(
         content_layers=content_layers,
@@ -205,6 +244,42 @@ def perceptual_loss_for(cfg: TrainLoss, size: int, params: vgg.VGGParams) -> tup
         pooling=cfg.pooling,
     )
     return loss, tv
+
+
+def training_loss(
+    params: vgg.VGGParams,
+    outputs: jax.Array,
+    targets: losses.Targets,
+    loss: losses.PerceptualLoss,
+    normalize: str,
+) -> tuple[jax.Array, dict]:
+    """Per-image training loss of the network's ``outputs`` (B, H, W, 3): ``(total (B,), terms)``.
+
+    ``targets.content``: {layer: (B, h, w, N)} the input photos' responses; ``targets.style``:
+    {layer: (B|1, N, N)} each image's mean-Gram target. With ``normalize="target"`` each
+    layer's term is divided by the same term of a zero response (½ΣP² per image for content,
+    ΣÂ²/(4N²) for style); with ``"none"`` it is :func:`losses.perceptual_loss` as it is.
+    ``terms`` holds the weighted ``content``, ``style`` and ``tv`` parts, each (B,).
+    """
+    _, aux = losses.perceptual_loss(params, outputs, targets, loss)
+    if normalize == "none":
+        return aux["content"] + aux["style"] + loss.tv_weight * aux["tv"], {
+            "content": aux["content"],
+            "style": aux["style"],
+            "tv": loss.tv_weight * aux["tv"],
+        }
+    content = jnp.zeros(outputs.shape[:1], outputs.dtype)
+    for layer, w in zip(loss.content_layers, loss.content_weights):
+        p = targets.content[layer]  # (B, h, w, N)
+        size = 0.5 * jnp.sum(jnp.square(p), axis=(1, 2, 3))  # (B,) the content loss of a zero response
+        content = content + w * aux[f"content/{layer}"] / jnp.maximum(size, 1e-12)
+    style = jnp.zeros(outputs.shape[:1], outputs.dtype)
+    for layer, w in zip(loss.style_layers, loss.style_weights):
+        a = targets.style[layer]  # (B|1, N, N)
+        size = jnp.sum(jnp.square(a), axis=(1, 2)) / (4.0 * a.shape[-1] ** 2)  # (B|1,) E_l of a zero response
+        style = style + w * aux[f"style/{layer}"] / jnp.maximum(size, 1e-30)
+    tv = loss.tv_weight * aux["tv"]
+    return content + style + tv, {"content": content, "style": style, "tv": tv}
 
 
 # ----------------------------------------------------------------------------- step
@@ -231,6 +306,11 @@ make_mesh = distributed.make_mesh
 shard_batch = distributed.shard_batch
 
 
+def style_indices(step: jax.Array, batch: int, styles: int) -> jax.Array:
+    """(B,) int32: the style each image of step ``step``'s batch is trained for, ``(step·B + i) mod S``."""
+    return (step * batch + jnp.arange(batch, dtype=jnp.int32)) % styles
+
+
 def make_train_step(
     net: fastnet.FastNetConfig,
     loss: losses.PerceptualLoss,
@@ -238,13 +318,15 @@ def make_train_step(
     loss_params: vgg.VGGParams,
     style: dict,
     mesh: Mesh,
+    normalize: str = TrainLoss.normalize,
 ):
     """``train_step(state, batch, key) -> (state, metrics)``, jitted, data-parallel over ``mesh``.
 
+    ``style`` is {layer: (S, N, N)}, the mean Gram matrices of the network's S styles.
     ``batch`` (B, H, W, 3) is split over the mesh's 'data' axis; params and optimiser state
     are replicated, so XLA inserts the gradient all-reduce. ``state`` is donated. The step's
     randomness (a horizontal flip per image) is ``fold_in(key, state.step)``, so a resumed
-    run draws the same numbers.
+    run draws the same numbers; so is each image's style (:func:`style_indices`).
     """
     replicated = distributed.replicated(mesh)
     split = distributed.batch_sharding(mesh)
@@ -256,20 +338,26 @@ def make_train_step(
         batch = jnp.where(flip[:, None, None, None], batch[:, :, ::-1, :], batch)  # (B, H, W, 3)
         # the content target is the input itself; VGG is frozen
         content = jax.lax.stop_gradient(losses.content_targets(loss_params, batch, loss))
+        if net.styles == 1:
+            weights, targets = None, style  # {layer: (1, N, N)}, broadcast over the batch
+        else:
+            index = style_indices(state.step, batch.shape[0], net.styles)  # (B,)
+            weights = jax.nn.one_hot(index, net.styles, dtype=batch.dtype)  # (B, S)
+            targets = {layer: a[index] for layer, a in style.items()}  # {layer: (B, N, N)}
 
         def objective(params):
-            out = fastnet.apply(net, params, batch)  # (B, H, W, 3)
-            total, aux = losses.perceptual_loss(loss_params, out, losses.Targets(content, style), loss)
-            return jnp.mean(total), aux
+            out = fastnet.apply(net, params, batch, weights)  # (B, H, W, 3)
+            total, terms = training_loss(loss_params, out, losses.Targets(content, targets), loss, normalize)
+            return jnp.mean(total), terms
 
-        (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        (value, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": value,
-            "content": jnp.mean(aux["content"]),
-            "style": jnp.mean(aux["style"]),
-            "tv": loss.tv_weight * jnp.mean(aux["tv"]),
+            "content": jnp.mean(terms["content"]),
+            "style": jnp.mean(terms["style"]),
+            "tv": jnp.mean(terms["tv"]),
             "grad_norm": optax.global_norm(grads),
         }
         return TrainState(params, opt_state, state.step + 1), metrics
@@ -290,7 +378,8 @@ def init_state(
     """Fresh state, replicated over ``mesh``; one jitted call (eager init compiles op by op)."""
 
     def build(key):
-        params = fastnet.FastNet(net).init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+        x, w = jnp.zeros((1, 32, 32, 3), jnp.float32), jnp.full((1, net.styles), 1.0 / net.styles, jnp.float32)
+        params = fastnet.FastNet(net).init(key, x, w)["params"]
         return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
     out = None if mesh is None else distributed.replicated(mesh)
@@ -335,8 +424,8 @@ class _Run:
     loss: losses.PerceptualLoss
     loss_params: vgg.VGGParams
     folder: data.ImageFolder
-    style_image: np.ndarray  # (Hs, Ws, 3)
-    style_sha256: str  # of the style image file
+    style_images: list[np.ndarray]  # [(Hs, Ws, 3)], one per style
+    style_sha256: list[str]  # of each style image file, in style order
     validation: list[np.ndarray]  # [(h, w, 3)]
     optimizer: optax.GradientTransformation
     mesh: Mesh
@@ -348,23 +437,29 @@ def _prepare(cfg: TrainConfig) -> _Run:
     if cfg.batch % n:
         raise UserError(f"batch={cfg.batch} does not split over {n} devices; use a multiple of {n}")
     check_memory(cfg, memory.available_bytes())
-    style_image = images.load_image(cfg.style, max_side=cfg.loss.style_size or cfg.size)
+    style_images = [images.load_image(s, max_side=cfg.loss.style_size or cfg.size) for s in cfg.styles]
     validation = [images.load_image(v, max_side=cfg.sample_size) for v in cfg.validation]
     folder = data.ImageFolder.scan(cfg.data)
     folder.check_readable()
     loss_params = weights.load(cfg.loss.network)
     loss, _ = perceptual_loss_for(cfg.loss, cfg.size, loss_params)
     return _Run(
-        net=cfg.net,
+        net=dataclasses.replace(cfg.net, styles=len(cfg.styles)),
         loss=loss,
         loss_params=loss_params,
         folder=folder,
-        style_image=style_image,
-        style_sha256=_io.sha256_file(images.resolve(cfg.style)),
+        style_images=style_images,
+        style_sha256=[_io.sha256_file(images.resolve(s)) for s in cfg.styles],
         validation=validation,
         optimizer=make_optimizer(cfg.optim, cfg.steps),
         mesh=make_mesh(),
     )
+
+
+def style_table(params: vgg.VGGParams, style_images: list[np.ndarray], loss: losses.PerceptualLoss) -> dict:
+    """{layer: (S, N, N)}: the mean Gram matrices of each style image, stacked in style order."""
+    per_style = [losses.style_targets(params, [jnp.asarray(img[None])], loss) for img in style_images]
+    return {layer: jnp.concatenate([t[layer] for t in per_style]) for layer in loss.style_layers}
 
 
 def needed_bytes(cfg: TrainConfig, size: int | None = None) -> int:
@@ -402,11 +497,12 @@ def check_memory(cfg: TrainConfig, budget_bytes: int) -> None:
 
 
 def identity(cfg: TrainConfig, run: _Run) -> dict:
-    """What defines a training run, flat and JSON-plain: the style image (its sha256), the
+    """What defines a training run, flat and JSON-plain: the style images (their sha256), the
     data folder's digest, the crops, the seed, the network, the loss and the optimiser.
     A resume must match it exactly; ``steps`` (and logging, sampling, checkpointing) may change."""
     out = {
-        "style_sha256": run.style_sha256,
+        # one style: its digest (as single-style runs always recorded it); several: the list, in order
+        "style_sha256": run.style_sha256[0] if len(run.style_sha256) == 1 else run.style_sha256,
         "data_digest": run.folder.digest,
         "size": cfg.size,
         "batch": cfg.batch,
@@ -579,8 +675,10 @@ def _loop(
     """Steps from ``state.step`` to ``cfg.steps``; returns the state, the last log row and the skipped-file count."""
     start = int(state.step)
     split = distributed.batch_sharding(run.mesh)
-    style = losses.style_targets(run.loss_params, [jnp.asarray(run.style_image[None])], run.loss)  # {layer: (1, N, N)}
-    train_step = make_train_step(run.net, run.loss, run.optimizer, run.loss_params, style, run.mesh)
+    style = style_table(run.loss_params, run.style_images, run.loss)  # {layer: (S, N, N)}
+    train_step = make_train_step(
+        run.net, run.loss, run.optimizer, run.loss_params, style, run.mesh, normalize=cfg.loss.normalize
+    )
     step_key = jax.random.split(jax.random.key(cfg.seed))[1]
     shard = (jax.process_index(), jax.process_count())  # multi-host: each process loads its slice
     batches = data.Batches(
@@ -629,16 +727,21 @@ def _loop(
 
 
 def save_samples(workdir: Path, step: int, run: _Run, params) -> Path:
-    """The validation images above their stylisations, as one PNG in ``samples/``."""
+    """The validation images above their stylisations (one row per style), as one PNG in ``samples/``."""
     stylize = _sampler(run.net)
     params = distributed.local(params)  # this process's copy: the sampler runs on its own device
-    outs = [np.asarray(stylize(params, jnp.asarray(v[None])))[0] for v in run.validation]
-    return images.save_image(workdir / "samples" / f"step_{step:07d}.png", images.tile([run.validation, outs]))
+    rows = [run.validation]
+    for k in range(run.net.styles):
+        onehot = np.eye(run.net.styles, dtype=np.float32)[k]  # (S,)
+        rows.append([np.asarray(stylize(params, jnp.asarray(v[None]), onehot))[0] for v in run.validation])
+    return images.save_image(workdir / "samples" / f"step_{step:07d}.png", images.tile(rows))
 
 
 @functools.lru_cache(maxsize=8)
 def _sampler(net: fastnet.FastNetConfig):
-    return _xla.jit(lambda p, x: fastnet.stylize(net, p, x))
+    if net.styles == 1:
+        return _xla.jit(lambda p, x, w: fastnet.stylize(net, p, x))
+    return _xla.jit(lambda p, x, w: fastnet.stylize(net, p, x, w))
 
 
 def train(
@@ -683,12 +786,14 @@ def export(
     """Write ``model.npz`` and ``metrics.json`` (process 0 only); returns the summary on every process."""
     params = distributed.local(state.params)
     model_meta = {
-        "style": str(cfg.style),
+        "style": cfg.styles[0] if len(cfg.styles) == 1 else list(cfg.styles),
+        "styles": list(cfg.styles),
         "steps": cfg.steps,
         "size": cfg.size,
         "batch": cfg.batch,
         "seed": cfg.seed,
         "loss_network": cfg.loss.network,
+        "loss_normalize": cfg.loss.normalize,
         "checkpoint": checkpoint.path_for(workdir / "checkpoints", cfg.steps).name,
     }
     summary = {

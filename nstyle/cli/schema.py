@@ -169,6 +169,9 @@ class NetSchema:
     width: int = _NET.width  # first conv's channels; 2x and 4x after the two stride-2 convs (paper: 32/64/128)
     blocks: int = _NET.blocks  # residual blocks (paper: 5)
     upsample: str = _NET.upsample  # nearest-neighbour x2 then conv (no checkerboard); "transpose" is the paper's
+    # residual: x + z/2, starting as the identity; linear: (z+1)/2; both clipped when applied;
+    # tanh: (tanh(z)+1)/2 (model format version 1)
+    output: str = _NET.output
 
 
 @dataclasses.dataclass
@@ -176,8 +179,11 @@ class TrainLossSchema:
     network: str = _TRAIN_LOSS.network  # Johnson et al.'s loss network; vgg19 uses relu1_2/2_2/3_4/4_4 for style
     content_layers: Optional[list[str]] = None  # None: [relu2_2]
     style_layers: Optional[list[str]] = None  # None: [relu1_2, relu2_2, relu3_3, relu4_3] (vgg16)
-    content_weight: float = _TRAIN_LOSS.content_weight  # mean-squared-error units (nstyle.train.TrainLoss)
-    style_weight: float = _TRAIN_LOSS.style_weight
+    # target: each layer's term relative to its target's size (weights hold at any crop size);
+    # none: mean-squared-error units, as in PyTorch's fast_neural_style (content 1e5, style 1e10, tv 10)
+    normalize: str = _TRAIN_LOSS.normalize
+    content_weight: float = _TRAIN_LOSS.content_weight
+    style_weight: float = _TRAIN_LOSS.style_weight  # per style layer
     tv_weight: float = _TRAIN_LOSS.tv_weight
     style_size: Optional[int] = _TRAIN_LOSS.style_size  # style image's longest side for its Grams; None: = size
     pooling: Pooling = Pooling(_TRAIN_LOSS.pooling)
@@ -193,7 +199,7 @@ class ScheduleSchema:
 
 @dataclasses.dataclass
 class TrainSchema:
-    style: Optional[str] = _TRAIN["style"]  # style image: a path or builtin:<name> (required)
+    style: Any = _TRAIN["style"]  # style image: a path or builtin:<name>, or a list of them: one network (required)
     data: Optional[str] = _TRAIN["data"]  # folder of training photos, searched recursively (required)
     size: int = _TRAIN["size"]  # training crop side in px (paper: 256); a multiple of 4
     steps: int = _TRAIN["steps"]  # paper: 40k steps at batch 4, about 2 epochs of COCO
@@ -489,9 +495,16 @@ def train_settings(cfg: DictConfig | TrainSchema, typed: dict | None = None) -> 
     else:
         c = cfg
     try:
-        net = fastnet.FastNetConfig(width=c.net.width, blocks=c.net.blocks, upsample=c.net.upsample)
+        net = fastnet.FastNetConfig(
+            width=c.net.width, blocks=c.net.blocks, upsample=c.net.upsample, output=c.net.output
+        )
     except ValueError as e:
         raise UserError(f"net: {e}") from None
+    style = _plain(c.style)
+    if style is not None and not isinstance(style, str):
+        if not isinstance(style, list) or not style:
+            raise UserError(f"style: expected a path or a list of paths, got {style!r}")
+        style = tuple(style)
     lc = c.loss
     layers = {}
     for key in ("content_layers", "style_layers"):
@@ -506,7 +519,14 @@ def train_settings(cfg: DictConfig | TrainSchema, typed: dict | None = None) -> 
     weights = {
         k: check_weight(f"loss.{k}", getattr(lc, k), typed) for k in ("content_weight", "style_weight", "tv_weight")
     }
-    loss = train.TrainLoss(network=lc.network, **layers, **weights, style_size=lc.style_size, pooling=lc.pooling.value)
+    loss = train.TrainLoss(
+        network=lc.network,
+        **layers,
+        normalize=lc.normalize,
+        **weights,
+        style_size=lc.style_size,
+        pooling=lc.pooling.value,
+    )
     optim = train.LRSchedule(
         lr=c.optim.lr,
         schedule=c.optim.schedule,
@@ -518,10 +538,11 @@ def train_settings(cfg: DictConfig | TrainSchema, typed: dict | None = None) -> 
     plain = {
         f.name: getattr(c, f.name)
         for f in dataclasses.fields(TrainSchema)
-        if f.name not in ("net", "loss", "optim", "crop_scale", "validation")
+        if f.name not in ("style", "net", "loss", "optim", "crop_scale", "validation")
     }
     return train.TrainConfig(
         **plain,
+        style=style,
         net=net,
         loss=loss,
         optim=optim,

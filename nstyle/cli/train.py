@@ -1,6 +1,7 @@
-"""``nstyle-train``: train a FastNet for one style (Johnson et al. 2016), configured by Hydra.
+"""``nstyle-train``: train a FastNet (Johnson et al. 2016) for one style or several, configured by Hydra.
 
     nstyle-train style=starry.jpg data=/data/coco/train2014 size=256 steps=40000 batch=4 seed=0
+    nstyle-train 'style=[a.jpg,b.jpg,c.jpg]' data=DIR        # one network, three styles (Dumoulin et al. 2017)
     nstyle-train train/experiment=debug style=builtin:chelsea data=DIR      # tiny, seconds
     resume:  the same command plus hydra.run.dir=<an existing run directory>
     srun --ntasks=2 nstyle-train style=... data=DIR hydra.run.dir=DIR   # two processes, one model
