@@ -6,7 +6,7 @@
 A training run trades the content term against the style term. What sets the trade-off is
 the style term of the untouched photo (the loss a network pays for returning its input)
 measured in units of the content term's natural size (the content loss of a zero response,
-½ΣP², which ``normalize=target`` divides by). This script computes that ratio for the
+½ΣP², which ``loss.normalize=true`` divides by). This script computes that ratio for the
 default loss weights of each normalisation, at each crop size, for the first ``photos``
 images of ``data`` (central square crops) against each painting (resized like the
 training does: longest side = the crop size):

@@ -42,14 +42,14 @@ VARIANTS: dict[str, list[str]] = {
     "defaults": [],
     "v1": [
         "net.output=tanh",
-        "loss.normalize=none",
+        "loss.normalize=false",
         "loss.content_weight=1e5",
         "loss.style_weight=1e10",
         "loss.tv_weight=10",
     ],  # fmt: skip
     "v1_style2e9": [
         "net.output=tanh",
-        "loss.normalize=none",
+        "loss.normalize=false",
         "loss.content_weight=1e5",
         "loss.style_weight=2e9",
         "loss.tv_weight=10",

@@ -71,7 +71,6 @@ DEFAULT_LAYERS = {
     "vgg19": (("relu2_2",), ("relu1_2", "relu2_2", "relu3_4", "relu4_4")),
 }
 SCHEDULES = ("constant", "cosine")
-NORMALIZATIONS = ("target", "none")
 
 
 # ----------------------------------------------------------------------------- config
@@ -81,14 +80,14 @@ NORMALIZATIONS = ("target", "none")
 class TrainLoss:
     """The training loss: layers, weights and how each term is normalised.
 
-    ``normalize="target"`` (the default) divides each layer's term by the same term of a
+    ``normalize=True`` (the default) divides each layer's term by the same term of a
     zero response, i.e. by its target's size: the content term of layer l becomes
     ``Σ(F−P)²/ΣP²`` (P the input photo's response, per image) and the style term
     ``Σ(G/M−Â)²/ΣÂ²`` (Â the style's mean Gram matrix). Both are relative errors, 1 for a
     black image whatever the crop size, the painting or the layer, so one set of weights
     holds from 64 to 256 px crops (docs/fastnet.md has the measurements).
 
-    ``normalize="none"`` takes the weights in mean-squared-error units, as PyTorch's
+    ``normalize=False`` takes the weights in mean-squared-error units, as PyTorch's
     fast_neural_style example does (it uses the same torchvision VGG16 and input
     normalisation, so its weights carry over: content 1e5, style 1e10, TV 10, meant for 256 px
     crops): content_weight · mean((F − P)²) + style_weight · Σ_l mean((G_l − A_l)²) with
@@ -100,7 +99,7 @@ class TrainLoss:
     network: str = "vgg16"  # Johnson et al.'s loss network; vgg19 uses relu1_2/2_2/3_4/4_4 for style
     content_layers: tuple[str, ...] | None = None  # None: the network's default (relu2_2)
     style_layers: tuple[str, ...] | None = None  # None: relu1_2, relu2_2, relu3_3, relu4_3 (VGG16)
-    normalize: str = "target"  # "target": relative errors per layer; "none": MSE units (the PyTorch example's)
+    normalize: bool = True  # relative errors per layer, as losses.PerceptualLoss(normalize=True); False: MSE units
     content_weight: float = 1.0
     style_weight: float = 1.0  # per style layer
     tv_weight: float = 0.0
@@ -110,8 +109,8 @@ class TrainLoss:
     def __post_init__(self):
         if self.network not in DEFAULT_LAYERS:
             raise UserError(f"loss.network must be one of {', '.join(DEFAULT_LAYERS)}, got '{self.network}'")
-        if self.normalize not in NORMALIZATIONS:
-            raise UserError(f"loss.normalize must be one of {', '.join(NORMALIZATIONS)}, got '{self.normalize}'")
+        if not isinstance(self.normalize, bool):
+            raise UserError(f"loss.normalize must be true or false, got '{self.normalize}'")
         for name in ("content_weight", "style_weight", "tv_weight"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
@@ -205,9 +204,9 @@ class TrainConfig:
 def perceptual_loss_for(cfg: TrainLoss, size: int, params: vgg.VGGParams) -> tuple[losses.PerceptualLoss, float]:
     """The configured weights as a :class:`losses.PerceptualLoss` (METHOD.md sums) for ``size`` crops.
 
-    ``normalize="target"``: the layer weights are ``content_weight`` and ``style_weight``
+    ``normalize=True``: the layer weights are ``content_weight`` and ``style_weight``
     as given; :func:`training_loss` divides each term by its target's size.
-    ``normalize="none"`` (MSE units); with N_l channels and M_l positions at layer l:
+    ``normalize=False`` (MSE units); with N_l channels and M_l positions at layer l:
       content  w_c · Σ(F−P)²/(N M)           = (2 w_c / (N M)) · ½Σ(F−P)²       -> content weight 2 w_c/(N M)
       style    w_s · Σ(G/(NM) − A/(NM))²/N²  = (4 w_s / N²) · Σ(G/M−Â)²/(4N²)   -> style weight 4 w_s / N²
     E.g. at 256 px the VGG16 content weight for w_c = 1e5 is 2e5 / (128·128²) ≈ 0.095, and the
@@ -223,7 +222,7 @@ def perceptual_loss_for(cfg: TrainLoss, size: int, params: vgg.VGGParams) -> tup
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    if cfg.normalize == "target":
+    if cfg.normalize:
         cw = (cfg.content_weight,) * len(content_layers)
         sw = (cfg.style_weight,) * len(style_layers)
     else:
@@ -251,18 +250,18 @@ def training_loss(
     outputs: jax.Array,
     targets: losses.Targets,
     loss: losses.PerceptualLoss,
-    normalize: str,
+    normalize: bool,
 ) -> tuple[jax.Array, dict]:
     """Per-image training loss of the network's ``outputs`` (B, H, W, 3): ``(total (B,), terms)``.
 
     ``targets.content``: {layer: (B, h, w, N)} the input photos' responses; ``targets.style``:
-    {layer: (B|1, N, N)} each image's mean-Gram target. With ``normalize="target"`` each
+    {layer: (B|1, N, N)} each image's mean-Gram target. With ``normalize=True`` each
     layer's term is divided by the same term of a zero response (½ΣP² per image for content,
-    ΣÂ²/(4N²) for style); with ``"none"`` it is :func:`losses.perceptual_loss` as it is.
+    ΣÂ²/(4N²) for style); with ``False`` it is :func:`losses.perceptual_loss` as it is.
     ``terms`` holds the weighted ``content``, ``style`` and ``tv`` parts, each (B,).
     """
     _, aux = losses.perceptual_loss(params, outputs, targets, loss)
-    if normalize == "none":
+    if not normalize:
         return aux["content"] + aux["style"] + loss.tv_weight * aux["tv"], {
             "content": aux["content"],
             "style": aux["style"],
@@ -318,7 +317,7 @@ def make_train_step(
     loss_params: vgg.VGGParams,
     style: dict,
     mesh: Mesh,
-    normalize: str = TrainLoss.normalize,
+    normalize: bool = TrainLoss.normalize,
 ):
     """``train_step(state, batch, key) -> (state, metrics)``, jitted, data-parallel over ``mesh``.
 

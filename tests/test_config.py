@@ -93,7 +93,6 @@ def test_train_style_list_normalisation_and_output_keys():
     assert schema.train_settings(_compose("train", ["style=a.jpg", "data=d"])).styles == ("a.jpg",)
     for override, words in [
         ("style=[a.jpg,a.jpg]", "names an image twice"),
-        ("loss.normalize=layer", "loss.normalize must be one of target, none"),
         ("net.output=sigmoid", "unknown output 'sigmoid'"),
     ]:
         args = [override] if override.startswith("style=") else ["style=a.jpg", override]

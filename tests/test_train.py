@@ -160,7 +160,7 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
 def test_mse_unit_weights_equal_the_pytorch_formulation():
     """perceptual_loss_for turns MSE weights into METHOD.md sums: check against numpy MSEs."""
     params = weights.load("vgg16")
-    cfg = train.TrainLoss(normalize="none", content_weight=3.0, style_weight=7.0, tv_weight=2.0)
+    cfg = train.TrainLoss(normalize=False, content_weight=3.0, style_weight=7.0, tv_weight=2.0)
     loss, _ = train.perceptual_loss_for(cfg, 32, params)
     k = jax.random.split(jax.random.key(0), 3)
     x, y, s = (jax.random.uniform(kk, (1, 32, 32, 3)) for kk in k)
@@ -184,10 +184,10 @@ def test_mse_unit_weights_equal_the_pytorch_formulation():
 
 
 def test_normalised_loss_is_each_layers_relative_error():
-    """normalize="target": content Σ(F−P)²/ΣP² per image, style Σ(G/M−Â)²/ΣÂ² per layer, TV in MSE units."""
+    """normalize=True: content Σ(F−P)²/ΣP² per image, style Σ(G/M−Â)²/ΣÂ² per layer, TV in MSE units."""
     params = weights.load("vgg16")
     cfg = train.TrainLoss(content_weight=3.0, style_weight=7.0, tv_weight=2.0)
-    assert cfg.normalize == "target"
+    assert cfg.normalize is True
     loss, _ = train.perceptual_loss_for(cfg, 32, params)
     k = jax.random.split(jax.random.key(0), 4)
     x, y = (jax.random.uniform(kk, (2, 32, 32, 3)) for kk in k[:2])

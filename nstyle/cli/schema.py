@@ -181,7 +181,7 @@ class TrainLossSchema:
     style_layers: Optional[list[str]] = None  # None: [relu1_2, relu2_2, relu3_3, relu4_3] (vgg16)
     # target: each layer's term relative to its target's size (weights hold at any crop size);
     # none: mean-squared-error units, as in PyTorch's fast_neural_style (content 1e5, style 1e10, tv 10)
-    normalize: str = _TRAIN_LOSS.normalize
+    normalize: bool = _TRAIN_LOSS.normalize
     content_weight: float = _TRAIN_LOSS.content_weight
     style_weight: float = _TRAIN_LOSS.style_weight  # per style layer
     tv_weight: float = _TRAIN_LOSS.tv_weight
