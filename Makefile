@@ -22,12 +22,12 @@ demo: weights
 	$(VENV)/bin/nstyle-stylize
 
 test: weights
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=12 tests
 
 # ruff: lint and formatting (configured in pyproject.toml)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check nstyle experiments tests benchmarks tools
-	$(VENV)/bin/ruff format --check nstyle experiments tests benchmarks tools
+	$(VENV)/bin/ruff check nstyle experiments tests benchmarks tools hydra_plugins
+	$(VENV)/bin/ruff format --check nstyle experiments tests benchmarks tools hydra_plugins
 
 # the built wheel, installed outside the checkout, runs every command
 wheel: weights

@@ -12,6 +12,7 @@ The command-line tools live in :mod:`nstyle.cli`, which this package never impor
 from nstyle import (
     color,
     data,
+    distributed,
     fastnet,
     images,
     losses,
@@ -41,6 +42,7 @@ __all__ = [
     # modules
     "color",
     "data",
+    "distributed",
     "fastnet",
     "images",
     "losses",

@@ -188,3 +188,18 @@ def release_host_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def single_threaded_lapack():
+    """A context in which the BLAS/LAPACK libraries loaded in this process run on one thread.
+
+    On the CPU, XLA hands linear algebra such as ``eigh`` (the W2 style loss) to LAPACK from
+    the OpenBLAS that scipy ships, whose threads spin while they wait for each other: on a
+    machine whose cores are busy with other work a 256 × 256 ``eigh`` then takes 1–4 s
+    instead of 0.05–0.09 s on one thread (benchmarks/README.md, "W2 and LAPACK threads").
+    For the matrices style losses decompose (at most 512 × 512) one thread loses little even
+    on an idle machine. The convolutions are XLA's own and keep their threads.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")

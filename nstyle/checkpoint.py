@@ -58,6 +58,14 @@ def path_for(directory: str | os.PathLike, step: int) -> Path:
     return Path(directory) / f"ckpt_{int(step):08d}.npz"
 
 
+def step_of(path: str | os.PathLike) -> int:
+    """The step of checkpoint file ``path`` (from its name, ``ckpt_<step>.npz``)."""
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path}: not a checkpoint file name (ckpt_<step>.npz)")
+    return int(m.group(1))
+
+
 def all_steps(directory: str | os.PathLike) -> list[int]:
     """Steps of the complete checkpoints in ``directory``, ascending (temporary files ignored)."""
     d = Path(directory)

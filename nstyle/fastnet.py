@@ -14,7 +14,7 @@ Architecture (Johnson, Alahi, Fei-Fei 2016, supplementary Table 1, with instance
     blocks × [3×3 conv 4w → IN → ReLU → 3×3 conv 4w → IN (scale only)] + identity
     ×2 nearest upsample, 3×3 conv 2w → IN → ReLU   (B, H/2, W/2, 2w)
     ×2 nearest upsample, 3×3 conv w  → IN → ReLU   (B, H,   W,   w)
-    9×9 conv 3 → (tanh + 1) / 2                    (B, H,   W,   3)
+    9×9 conv 3 → output                            (B, H,   W,   3)
 
 Convolutions followed by instance norm carry no bias (the norm removes it; its learnt shift
 plays that role). Every conv pads its input by reflection, so borders carry image statistics instead of zeros.
@@ -22,10 +22,23 @@ Upsampling is nearest-neighbour followed by a convolution (Odena et al. 2016): a
 transposed convolution (``upsample="transpose"``, the paper's original) overlaps its kernel
 unevenly and leaves checkerboard artefacts.
 
-Output: ``(tanh(z) + 1) / 2``, Johnson et al.'s scaled tanh moved to [0, 1]. A bounded
-output keeps the loss network inside the range it was trained on without clipping (a clip
-has zero gradient outside [0, 1]); the tanh form has slope 1/2 at z = 0 (a plain sigmoid has
-1/4), so the final conv's initial outputs already span the useful range.
+Output (``FastNetConfig.output``): ``"residual"`` (the default) is ``x + z/2`` with the last
+conv's kernel and bias starting at zero, so an untrained network returns its input and
+training only learns the change the style asks for; the photo is never lost on the way.
+It is unbounded while training, so no pixel ever stops receiving gradient; :func:`stylize`
+clips it to [0, 1] (PyTorch's fast_neural_style example does the same: an unbounded output,
+clamped when saved). ``"linear"`` is ``(z + 1) / 2``, unbounded as well, but it starts as
+noise and must first relearn the photo. ``"tanh"`` is ``(tanh(z) + 1) / 2``, the output of
+model format version 1: where ``|z|`` grows its slope vanishes (1/2 at 0, 0.035 at
+|z| = 2.5), and a region the style term pushed to white stays white, with no gradient left
+to bring it back. docs/fastnet.md compares the three.
+
+Several styles (Dumoulin, Shlens, Kudlur 2017, "A learned representation for artistic
+style"): with ``styles=S > 1`` every instance norm holds S scales and shifts (conditional
+instance norm) and the network takes per-image style weights ``(B, S)``; each image's scale
+and shift are the weighted sums of the styles' ones, so a one-hot row picks one style and a
+convex mix interpolates between them. With ``styles=1`` the parameters are those of a
+single-style network (and of model files of version 1).
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ from nstyle import _io, _xla, images
 from nstyle._errors import UserError
 
 UPSAMPLES = ("nearest", "transpose")
+OUTPUTS = ("linear", "tanh", "residual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +69,20 @@ class FastNetConfig:
     blocks: int = 5  # residual blocks at 4·width channels (paper: 5)
     upsample: str = "nearest"  # "nearest" (upsample then conv) or "transpose" (stride-2 transposed conv)
     epsilon: float = 1e-5  # instance-norm variance floor (PyTorch's default)
+    # "residual": x + z/2 with the last conv starting at zero (the network starts as the identity);
+    # "linear": (z+1)/2; both clipped only by stylize(); "tanh": (tanh(z)+1)/2 (format version 1)
+    output: str = "residual"
+    styles: int = 1  # styles the network holds (conditional instance norm when > 1)
 
     def __post_init__(self):
         if self.width < 1 or self.blocks < 0:
             raise ValueError(f"width must be >= 1 and blocks >= 0, got width={self.width}, blocks={self.blocks}")
         if self.upsample not in UPSAMPLES:
             raise ValueError(f"unknown upsample '{self.upsample}' (expected one of {', '.join(UPSAMPLES)})")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"unknown output '{self.output}' (expected one of {', '.join(OUTPUTS)})")
+        if self.styles < 1:
+            raise ValueError(f"styles must be >= 1, got {self.styles}")
 
 
 def _reflect(x: jax.Array, pad: int) -> jax.Array:
@@ -68,6 +90,36 @@ def _reflect(x: jax.Array, pad: int) -> jax.Array:
     if pad == 0:
         return x
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+
+
+class ConditionalInstanceNorm(nn.Module):
+    """Instance norm with one learnt scale and shift per style, mixed by per-image style weights."""
+
+    styles: int
+    use_bias: bool = True
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, style_weights):  # (B, H, W, C), (B, S)
+        c = x.shape[-1]
+        mean = jnp.mean(x, axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
+        var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+
+        def mix(table):  # (S, C) -> (B, 1, 1, C); a sum of products, exact for a one-hot row
+            return jnp.sum(style_weights[:, :, None] * table[None], axis=1)[:, None, None, :]
+
+        y = y * mix(self.param("scale", nn.initializers.ones, (self.styles, c)))
+        if self.use_bias:
+            y = y + mix(self.param("bias", nn.initializers.zeros, (self.styles, c)))
+        return y
+
+
+def _norm(x, style_weights, styles: int, shift: bool, epsilon: float):
+    """Instance norm; conditional on the style weights when the network holds several styles."""
+    if styles == 1:  # the single-style parameters (and module names) of format version 1
+        return nn.InstanceNorm(epsilon=epsilon, use_bias=shift)(x)
+    return ConditionalInstanceNorm(styles, use_bias=shift, epsilon=epsilon)(x, style_weights)
 
 
 class ConvIN(nn.Module):
@@ -80,9 +132,11 @@ class ConvIN(nn.Module):
     relu: bool = True
     shift: bool = True  # the instance norm's learnt shift
     epsilon: float = 1e-5
+    styles: int = 1
+    zero_init: bool = False  # kernel and bias start at 0
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, style_weights=None):
         x = _reflect(x, self.kernel // 2)
         # no bias before instance norm: IN subtracts the channel mean, so a bias's gradient is
         # rounding noise, which Adam would amplify into ±lr steps of a parameter that does nothing
@@ -92,23 +146,27 @@ class ConvIN(nn.Module):
             strides=(self.stride, self.stride),
             padding="VALID",
             use_bias=not self.norm,
+            **({"kernel_init": nn.initializers.zeros} if self.zero_init else {}),
         )(x)
         if self.norm:
-            # per image and channel over (H, W), with a learnt scale and shift
-            x = nn.InstanceNorm(epsilon=self.epsilon, use_bias=self.shift)(x)
+            # per image and channel over (H, W), with a learnt scale and shift (one per style)
+            x = _norm(x, style_weights, self.styles, self.shift, self.epsilon)
         return nn.relu(x) if self.relu else x
 
 
 class Residual(nn.Module):
     features: int
     epsilon: float = 1e-5
+    styles: int = 1
 
     @nn.compact
-    def __call__(self, x):
-        y = ConvIN(self.features, 3, epsilon=self.epsilon)(x)
+    def __call__(self, x, style_weights=None):
+        y = ConvIN(self.features, 3, epsilon=self.epsilon, styles=self.styles)(x, style_weights)
         # no shift here: a per-channel constant added to the residual stream is removed by the
         # next instance norm (reflection padding keeps it constant), so its gradient is zero
-        y = ConvIN(self.features, 3, relu=False, shift=False, epsilon=self.epsilon)(y)
+        y = ConvIN(self.features, 3, relu=False, shift=False, epsilon=self.epsilon, styles=self.styles)(
+            y, style_weights
+        )
         return x + y
 
 
@@ -118,14 +176,15 @@ class Upsample(nn.Module):
     features: int
     mode: str = "nearest"
     epsilon: float = 1e-5
+    styles: int = 1
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, style_weights=None):
         if self.mode == "nearest":
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # (B, 2H, 2W, C)
-            return ConvIN(self.features, 3, epsilon=self.epsilon)(x)
+            return ConvIN(self.features, 3, epsilon=self.epsilon, styles=self.styles)(x, style_weights)
         x = nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), padding="SAME", use_bias=False)(x)  # (B, 2H, 2W, F)
-        x = nn.InstanceNorm(epsilon=self.epsilon)(x)
+        x = _norm(x, style_weights, self.styles, True, self.epsilon)
         return nn.relu(x)
 
 
@@ -133,35 +192,61 @@ class FastNet(nn.Module):
     cfg: FastNetConfig
 
     @nn.compact
-    def __call__(self, x):  # (B, H, W, 3) in [0, 1], H and W multiples of 4
-        c, eps = self.cfg.width, self.cfg.epsilon
-        x = 2.0 * x - 1.0  # centre the input
-        x = ConvIN(c, 9, epsilon=eps)(x)  # (B, H, W, c)
-        x = ConvIN(2 * c, 3, stride=2, epsilon=eps)(x)  # (B, H/2, W/2, 2c)
-        x = ConvIN(4 * c, 3, stride=2, epsilon=eps)(x)  # (B, H/4, W/4, 4c)
+    def __call__(self, images, style_weights=None):  # (B, H, W, 3) in [0, 1], H and W multiples of 4; (B, S)
+        c, eps, s = self.cfg.width, self.cfg.epsilon, self.cfg.styles
+        x = 2.0 * images - 1.0  # centre the input
+        x = ConvIN(c, 9, epsilon=eps, styles=s)(x, style_weights)  # (B, H, W, c)
+        x = ConvIN(2 * c, 3, stride=2, epsilon=eps, styles=s)(x, style_weights)  # (B, H/2, W/2, 2c)
+        x = ConvIN(4 * c, 3, stride=2, epsilon=eps, styles=s)(x, style_weights)  # (B, H/4, W/4, 4c)
         for _ in range(self.cfg.blocks):
-            x = Residual(4 * c, epsilon=eps)(x)
-        x = Upsample(2 * c, self.cfg.upsample, epsilon=eps)(x)  # (B, H/2, W/2, 2c)
-        x = Upsample(c, self.cfg.upsample, epsilon=eps)(x)  # (B, H, W, c)
-        x = ConvIN(3, 9, norm=False, relu=False)(x)  # (B, H, W, 3)
-        return (jnp.tanh(x) + 1.0) * 0.5
+            x = Residual(4 * c, epsilon=eps, styles=s)(x, style_weights)
+        x = Upsample(2 * c, self.cfg.upsample, epsilon=eps, styles=s)(x, style_weights)  # (B, H/2, W/2, 2c)
+        x = Upsample(c, self.cfg.upsample, epsilon=eps, styles=s)(x, style_weights)  # (B, H, W, c)
+        residual = self.cfg.output == "residual"
+        x = ConvIN(3, 9, norm=False, relu=False, zero_init=residual)(x)  # (B, H, W, 3)
+        if self.cfg.output == "tanh":
+            return (jnp.tanh(x) + 1.0) * 0.5
+        if residual:
+            return images + 0.5 * x  # unbounded: stylize() clips
+        return (x + 1.0) * 0.5  # unbounded: stylize() clips
 
 
 def init(cfg: FastNetConfig, key: jax.Array, size: int = 32) -> Any:
     """Fresh parameters (a nested dict of arrays). Fully convolutional: ``size`` is only the dummy input."""
+    x = jnp.zeros((1, size, size, 3), jnp.float32)
+    w = jnp.full((1, cfg.styles), 1.0 / cfg.styles, jnp.float32)
     # jitted: eager init dispatches (and compiles) every op one at a time, which takes a minute
-    return jax.jit(lambda k: FastNet(cfg).init(k, jnp.zeros((1, size, size, 3), jnp.float32))["params"])(key)
+    return jax.jit(lambda k: FastNet(cfg).init(k, x, w)["params"])(key)
 
 
-def apply(cfg: FastNetConfig, params: Any, images: jax.Array) -> jax.Array:
-    """(B, H, W, 3) in [0, 1] with H, W multiples of 4 -> stylised (B, H, W, 3) in [0, 1]."""
+def _style_rows(cfg: FastNetConfig, style_weights, batch: int) -> jax.Array | None:
+    """Style weights as (B, S) rows: None for a single-style network, (S,) broadcast over the batch."""
+    if style_weights is None:
+        if cfg.styles > 1:
+            raise ValueError(f"this network holds {cfg.styles} styles; give style_weights of shape (S,) or (B, S)")
+        return None
+    w = jnp.asarray(style_weights, jnp.float32)
+    if w.ndim == 1:
+        w = jnp.broadcast_to(w, (batch, w.shape[0]))  # (B, S)
+    if w.shape != (batch, cfg.styles):
+        raise ValueError(f"style_weights must be (S,) or (B, S) with S={cfg.styles}, got shape {tuple(w.shape)}")
+    return w
+
+
+def apply(cfg: FastNetConfig, params: Any, images: jax.Array, style_weights=None) -> jax.Array:
+    """(B, H, W, 3) in [0, 1] with H, W multiples of 4 -> (B, H, W, 3), the raw output.
+
+    ``style_weights`` (S,) or (B, S): how much of each style (a multi-style network needs them;
+    rows are used as given, e.g. one-hot, or a convex mix). A ``"residual"`` or ``"linear"`` output is not
+    clipped here (training needs its gradient everywhere); :func:`stylize` clips.
+    """
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be (B, H, W, 3) RGB, got shape {tuple(images.shape)}")
     if images.shape[1] % 4 or images.shape[2] % 4:
         raise ValueError(
             f"H and W must be multiples of 4 (two stride-2 stages), got {images.shape[1:3]}; use stylize()"
         )
-    return FastNet(cfg).apply({"params": params}, images)
+    return FastNet(cfg).apply({"params": params}, images, _style_rows(cfg, style_weights, images.shape[0]))
 
 
 def pad_to_multiple(images: jax.Array, multiple: int = 4) -> tuple[jax.Array, tuple[int, int]]:
@@ -174,12 +259,39 @@ def pad_to_multiple(images: jax.Array, multiple: int = 4) -> tuple[jax.Array, tu
     return padded, (h, w)
 
 
-def stylize(cfg: FastNetConfig, params: Any, images: jax.Array) -> jax.Array:
-    """Any (B, H, W, 3) in [0, 1] -> (B, H, W, 3): pad to a multiple of 4 by reflection, run, crop back."""
+def stylize(cfg: FastNetConfig, params: Any, images: jax.Array, style_weights=None) -> jax.Array:
+    """Any (B, H, W, 3) in [0, 1] -> (B, H, W, 3) in [0, 1]: pad to a multiple of 4 by reflection, run,
+    crop back, clip."""
     padded, (h, w) = pad_to_multiple(images, 4)
     ph, pw = padded.shape[1] - h, padded.shape[2] - w
-    out = apply(cfg, params, padded)
-    return out[:, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w, :]
+    out = apply(cfg, params, padded, style_weights)
+    return jnp.clip(out[:, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w, :], 0.0, 1.0)
+
+
+def mix_styles(cfg: FastNetConfig, params: Any, style_weights) -> tuple[FastNetConfig, Any]:
+    """The single-style network that :func:`apply` with the (S,) ``style_weights`` computes: each
+    conditional instance norm's scale and shift rows mixed by the weights (exact for a one-hot
+    row, which picks that style). A single-style network is returned as it is."""
+    if cfg.styles == 1:
+        return cfg, params
+    w = np.asarray(style_weights, np.float32)
+    if w.shape != (cfg.styles,):
+        raise ValueError(f"style_weights must be (S,) with S={cfg.styles}, got shape {w.shape}")
+    flat = traverse_util.flatten_dict(params)
+    out = {}
+    for path, v in flat.items():
+        if len(path) >= 2 and path[-2].startswith("ConditionalInstanceNorm_"):
+            path = path[:-2] + ("InstanceNorm_" + path[-2].rsplit("_", 1)[1], path[-1])
+            v = jnp.sum(jnp.asarray(w)[:, None] * v, axis=0)  # (S, C) -> (C,)
+        out[path] = v
+    return dataclasses.replace(cfg, styles=1), traverse_util.unflatten_dict(out)
+
+
+def select_style(cfg: FastNetConfig, params: Any, index: int) -> tuple[FastNetConfig, Any]:
+    """The single-style network of style ``index`` of a multi-style one (:func:`mix_styles` with a one-hot row)."""
+    if not 0 <= index < cfg.styles:
+        raise ValueError(f"style index {index} out of range for a network of {cfg.styles} styles")
+    return mix_styles(cfg, params, np.eye(cfg.styles, dtype=np.float32)[index])
 
 
 def param_count(params: Any) -> int:
@@ -330,6 +442,7 @@ def stylize_tiled(
     tile: int = DEFAULT_TILE,
     stats_side: int = STATS_SIDE,
     exact: bool = False,
+    style_weights=None,
 ) -> np.ndarray:
     """:func:`stylize` of one (H, W, 3) image of any size, in the memory of one tile.
 
@@ -346,9 +459,15 @@ def stylize_tiled(
     before it, so after one pass per instance norm they are the untiled ones (a pass costs a
     full tiled run: 16 for the paper's network).
 
+    ``style_weights`` (S,): a multi-style network's mix (:func:`mix_styles`).
+
     Returns (H, W, 3) float32 in [0, 1]. The full-size arrays stay on the host; the device
     holds one window at a time.
     """
+    if cfg.styles > 1:
+        if style_weights is None:
+            raise ValueError(f"this network holds {cfg.styles} styles; give style_weights of shape (S,)")
+        cfg, params = mix_styles(cfg, params, style_weights)
     image = np.asarray(image, np.float32)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
@@ -384,13 +503,15 @@ def stylize_tiled(
         for _ in range(len(stats)):  # pass k makes the first k norms' statistics exact
             stats = _moments(tiles_pass(stats, keep_output=False)[1])
     out, _ = tiles_pass(stats, keep_output=True)
-    return out[0, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w, :]
+    return np.clip(out[0, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w, :], 0.0, 1.0)  # as stylize() clips
 
 
 # ----------------------------------------------------------------------------- export
 
 MODEL_FORMAT = "nstyle-fastnet"
-MODEL_VERSION = 1
+MODEL_VERSION = 2  # 2: FastNetConfig.output and .styles; version 1 files are single-style, tanh output
+# what a version-1 header leaves out: the network those files were trained as
+_VERSION_1 = {"output": "tanh", "styles": 1}
 
 
 class ModelFileError(UserError, ValueError):
@@ -401,7 +522,7 @@ def export_model(path, cfg: FastNetConfig, params: Any, meta: dict | None = None
     """Write params + the network config to one ``.npz`` (no pickles), atomically.
 
     The file holds ``params/<path>`` arrays and a ``__model__`` JSON string with the format
-    name, version, :class:`FastNetConfig` and ``meta`` (free-form: style image, steps, ...).
+    name, version, :class:`FastNetConfig` and ``meta`` (free-form: style images, steps, ...).
     """
     header = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "fastnet": dataclasses.asdict(cfg), "meta": meta or {}}
     flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
@@ -442,7 +563,13 @@ def load_model(path) -> tuple[FastNetConfig, dict, dict]:
             f"{path}: model format version {header.get('version')} is newer than this nstyle ({MODEL_VERSION}); "
             "upgrade nstyle"
         )
-    cfg = FastNetConfig(**header["fastnet"])
+    fields = dict(header["fastnet"])
+    if int(header.get("version", 0)) < 2:
+        fields = {**_VERSION_1, **fields}
+    try:
+        cfg = FastNetConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: a network config this nstyle cannot build ({e}); the file is damaged") from None
     params = jax.tree_util.tree_map(jnp.asarray, traverse_util.unflatten_dict(flat, sep="/"))
     # a wrong-shaped tree fails here, with the names, not deep inside a convolution
     want = jax.tree_util.tree_map(np.shape, jax.eval_shape(lambda: init(cfg, jax.random.key(0))))

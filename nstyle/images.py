@@ -66,6 +66,14 @@ _BUILTIN_FILES = {
 }
 
 
+# (content, style) pairs of built-in images that the experiments and benchmarks run on
+BUILTIN_PAIRS = (
+    ("builtin:chelsea", "builtin:ihc"),
+    ("builtin:astronaut", "builtin:hubble_deep_field"),
+    ("builtin:rocket", "builtin:gravel"),
+)
+
+
 def _builtin_table() -> dict[str, str]:
     root = _skimage_data_dir()
     if root is None:

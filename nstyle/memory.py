@@ -163,16 +163,20 @@ def choose(
     arch: str = "vgg19",
     batch: int = 1,
     mode: str = "auto",
+    tiled: bool = True,
     **kwargs,
 ) -> Plan | None:
     """The fastest memory mode whose :func:`estimate` fits in ``budget_bytes``, or None.
 
-    ``mode="auto"`` tries :data:`AUTO_ORDER` (plain, remat, tiled), each faster than the next;
-    a named mode is checked alone. The tiled mode gets the largest tile that fits (fewer tiles:
-    less halo recomputed, faster compilation). ``kwargs`` go to :func:`estimate`.
+    ``mode="auto"`` tries :data:`AUTO_ORDER` (plain, remat, tiled), each faster than the next
+    (``tiled=False``: without the tiled mode, for losses it cannot compute); a named mode is
+    checked alone. The tiled mode gets the largest tile that fits (fewer tiles: less halo
+    recomputed, faster compilation). ``kwargs`` go to :func:`estimate`.
     """
     layers = tuple(layers)
     for m in AUTO_ORDER if mode == "auto" else (mode,):
+        if m == "tiled" and not tiled:
+            continue
         tiles = tiles_to_try(int(h), int(w), layers, arch) if m == "tiled" else [None]
         for t in tiles:
             need = estimate(h, w, layers, arch, batch, m, t, **kwargs)

@@ -1,6 +1,7 @@
 """Measures of a result that are independent of the loss it was optimised with.
 
     d = nstyle.metrics.style_distance(result, style)       # VGG16 Gram distance, not the VGG19 loss
+    nstyle.metrics.meanstd_distance(result, style)         # VGG16 per-channel mean and std distance
     nstyle.metrics.psnr(result, content); nstyle.metrics.correlation_length(result)
     nstyle.lpips.lpips_distance(result[None], content[None])  # LPIPS lives in nstyle.lpips
 
@@ -47,6 +48,24 @@ def style_distance(image: np.ndarray, style: np.ndarray, layers=STYLE_LAYERS) ->
     """The mean of :func:`style_distances` over ``layers``."""
     d = style_distances(image, style, layers)
     return sum(d.values()) / len(d)
+
+
+def meanstd_distance(image: np.ndarray, style: np.ndarray, layers=STYLE_LAYERS) -> float:
+    """1/N Σ_c (μ_c − μ̂_c)² + (σ_c − σ̂_c)² of the per-channel means and standard deviations of
+    ``image`` and ``style`` under VGG16 (max pooling), averaged over ``layers``: a second
+    independent style measure, blind to the correlations between channels that the Gram
+    distance sees."""
+    import jax.numpy as jnp
+
+    params = _vgg16()
+    fx = vgg.features(params, jnp.asarray(np.asarray(image, np.float32)[None]), layers)
+    fs = vgg.features(params, jnp.asarray(np.asarray(style, np.float32)[None]), layers)
+    out = []
+    for layer in layers:
+        (mx, vx), (ms, vs) = (losses.moments(f[layer], full=False) for f in (fx, fs))
+        d = (mx - ms) ** 2 + (jnp.sqrt(vx) - jnp.sqrt(vs)) ** 2
+        out.append(float(jnp.mean(d)))
+    return sum(out) / len(out)
 
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float64)

@@ -24,17 +24,22 @@ Design (see also ``make_step``):
 - **Batches** of B images with per-image loss weights (α, β, TV weight, each (B,)) are
   optimised independently: the per-image loss, its gradient and the optax update are all
   ``vmap``-ed over the batch, so each image has its own L-BFGS memory and step sizes, exactly
-  as if it ran alone; the VGG passes still run as one batched convolution.
+  as if it ran alone; the VGG passes still run as one batched convolution. Given a mesh
+  (:func:`nstyle.distributed.make_mesh`), the batch is split over its devices, those of
+  several processes too, the way FastNet training splits its batches of photos.
 - **Non-finite loss**: an image whose loss becomes NaN/inf is frozen at its last image with a
   finite loss (per image, inside the step); a run stops when every image is frozen.
 - **The result** of N steps is, per image, the best of the N evaluated iterates (the lowest
   finite loss; with L-BFGS nearly always the last one evaluated), and its reported loss terms
   are those evaluated at it: no extra evaluation after the loop. The N-th step's proposal,
   never evaluated, is dropped, as a step that blew up or went NaN would have to be.
+  With ``OptimConfig.average`` set, the result is instead the exponential moving average of
+  the evaluated iterates (bias-corrected, as Adam's moments), evaluated once after the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -45,8 +50,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from nstyle import _xla, losses, vgg
+from nstyle import _xla, distributed, losses, vgg
 
 OPTIMIZERS = ("lbfgs", "adam")
 LINESEARCHES = ("none", "zoom")
@@ -69,6 +75,9 @@ class OptimConfig:
       max_linesearch_steps: cap on the zoom line search's evaluations per iteration.
       project: clip the image to [0, 1] after every step (sound for Adam; spoils L-BFGS's
         curvature pairs). Otherwise pixels are free during the run and clipped at the end.
+      average: ``None``, or the decay d of an exponential moving average of the evaluated
+        iterates, x̄ ← d x̄ + (1 − d) x (bias-corrected), returned as the result: the average of
+        roughly the last 1/(1 − d) iterates, which smooths the noise of Adam's last steps.
     """
 
     name: str = "lbfgs"
@@ -78,6 +87,7 @@ class OptimConfig:
     linesearch: str = "none"
     max_linesearch_steps: int = 20
     project: bool = False
+    average: float | None = None
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -92,6 +102,8 @@ class OptimConfig:
             raise ValueError(f"L-BFGS memory must be >= 1, got {self.memory}")
         if self.max_linesearch_steps < 1:
             raise ValueError(f"max_linesearch_steps must be >= 1, got {self.max_linesearch_steps}")
+        if self.average is not None and not 0 <= self.average < 1:
+            raise ValueError(f"average (the decay of the iterate average) must be in [0, 1), got {self.average}")
 
     @property
     def learning_rate(self) -> float:
@@ -177,6 +189,8 @@ class StepState(NamedTuple):
     scale: jax.Array  # (B,) step scale: 1, halved at each restart after a blow-up
     alive: jax.Array  # (B,) bool: False once an image's loss became NaN/inf (then it is frozen)
     step: jax.Array  # () int32 iterations done
+    # OptimConfig.average: (Σ_t d^(T−t) (1 − d) x_t (B, H, W, 3), Σ_t d^(T−t) (1 − d) (B,)), else None
+    average: Any = None
 
 
 def loss_weights(
@@ -287,6 +301,9 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str, til
     @_xla.jit
     def init(images: jax.Array) -> StepState:
         b = images.shape[0]
+        average = None
+        if optim.average is not None:
+            average = (jnp.zeros_like(images), jnp.zeros((b,), images.dtype))
         return StepState(
             image=jnp.copy(images),  # buffers of its own: the state is donated to the step, the images are the caller's
             opt_state=jax.vmap(opt.init)(images),
@@ -295,6 +312,7 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str, til
             scale=jnp.ones((b,), jnp.float32),
             alive=jnp.ones((b,), bool),
             step=jnp.asarray(0, jnp.int32),
+            average=average,
         )
 
     @_xla.jit(donate_argnums=0)
@@ -313,22 +331,14 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str, til
             return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
 
         good = pick(improved, state.image, state.good)
-        b = good.shape[0]
-        if optim.name == "lbfgs" and not optim.uses_zoom:  # (the zoom search's state holds the last value too)
-            # a state that forgets: the restart's first step is a scaled gradient step. The stored
-            # pairs are new_opt's in every case (weightless where not accepted), never selected
-            # or copied: a frozen image's state is never used again
-            fresh = _forget(new_opt, b)
-            opt_state = jax.tree.map(
-                lambda n, f, o: pick(accept, n, pick(blowup, f, o)), new_opt, fresh, state.opt_state
-            )
-            opt_state = optax.tree_utils.tree_set(
-                opt_state, **{k: optax.tree_utils.tree_get(new_opt, k) for k in _LBFGS_PAIRS}
-            )
-        else:
-            fresh = jax.vmap(opt.init)(good)
-            opt_state = jax.tree.map(
-                lambda n, f, o: pick(accept, n, pick(blowup, f, o)), new_opt, fresh, state.opt_state
+        opt_state = _next_opt_state(optim, opt, pick, accept, blowup, new_opt, state.opt_state, good)
+        average = state.average
+        if average is not None:  # the evaluated iterate joins the average unless it blew up
+            d = optim.average
+            total, weight = average
+            average = (
+                pick(accept, d * total + (1 - d) * state.image, total),
+                jnp.where(accept, d * weight + (1 - d), weight),
             )
         new_state = StepState(
             image=pick(accept, new_x, good),  # restarted or frozen images go back to the best one
@@ -338,6 +348,7 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str, til
             scale=jnp.where(blowup, 0.5 * state.scale, state.scale),
             alive=ok,
             step=state.step + 1,
+            average=average,
         )
         metrics = {
             "loss": value,
@@ -350,6 +361,20 @@ def _make_step(loss: losses.PerceptualLoss, optim: OptimConfig, memory: str, til
         return new_state, metrics
 
     return init, step
+
+
+def _next_opt_state(optim, opt, pick, accept, blowup, new_opt, old, good):
+    """Each image's optimiser state after a step: the new one where accepted, a fresh one where
+    the image restarts from its best (``blowup``), the old one where frozen."""
+    if optim.name == "lbfgs" and not optim.uses_zoom:  # (the zoom search's state holds the last value too)
+        # a state that forgets: the restart's first step is a scaled gradient step. The stored
+        # pairs are new_opt's in every case (weightless where not accepted), never selected
+        # or copied: a frozen image's state is never used again
+        fresh = _forget(new_opt, good.shape[0])
+        opt_state = jax.tree.map(lambda n, f, o: pick(accept, n, pick(blowup, f, o)), new_opt, fresh, old)
+        return optax.tree_utils.tree_set(opt_state, **{k: optax.tree_utils.tree_get(new_opt, k) for k in _LBFGS_PAIRS})
+    fresh = jax.vmap(opt.init)(good)
+    return jax.tree.map(lambda n, f, o: pick(accept, n, pick(blowup, f, o)), new_opt, fresh, old)
 
 
 @functools.lru_cache(maxsize=32)
@@ -380,13 +405,18 @@ def prepare_targets(
     styles: Sequence[Any],
     style_blend: Sequence[float] | None,
     batch: int,
+    masks: Any = None,
+    style_masks: Sequence[Any] | None = None,
     tile: int | None = None,
 ) -> losses.Targets:
-    """Content responses and blended style Gram matrices, each leaf with a leading (B,) axis.
+    """Content responses and blended style statistics, each leaf with a leading (B,) axis.
 
     ``content`` is (H, W, 3), (B, H, W, 3) or None (then α must be 0); ``styles`` a list of
-    (h, w, 3) images, each at its own size (empty when β is 0). ``tile``: compute them tile by
-    tile (the same values in one tile's memory; :func:`nstyle.vgg.map_tiles`).
+    (h, w, 3) images, each at its own size (empty when β is 0). Spatial control: ``masks``
+    (K, H, W), one region of the output per style image, values in [0, 1]; then style k
+    applies in region k only and the styles are not blended. ``style_masks``: per style
+    image None or an (h, w) region of it that its statistics are taken over. ``tile``: compute
+    them tile by tile (the same values in one tile's memory; :func:`nstyle.vgg.map_tiles`).
     """
     check_layers(loss, params.arch)
     if loss.uses_content and content is None:
@@ -404,11 +434,43 @@ def prepare_targets(
         content = np.asarray(content, np.float32)
         content = content[None] if content.ndim == 3 else content  # (B|1, H, W, 3)
         c = _content_targets(params, content, loss, tile)
-    s = {}
+    s, layer_masks = {}, None
+    smasks = None
+    if style_masks is not None:
+        if len(style_masks) != len(styles):
+            raise ValueError(f"{len(styles)} style images but {len(style_masks)} style masks")
+        smasks = tuple(None if m is None else _mask_array(m, np.shape(img)[:2], "style mask") for m, img in
+                       zip(style_masks, styles))  # fmt: skip
+    if masks is not None and loss.uses_style:
+        masks = np.asarray(masks, np.float32)
+        if masks.ndim != 3 or masks.shape[0] != len(styles):
+            raise ValueError(f"{len(styles)} style images need {len(styles)} masks (K, H, W), got shape {masks.shape}")
+        shape = tuple(np.shape(content)[-3:-1]) if content is not None else masks.shape[1:]
+        _mask_array(masks[0], shape, "mask")
+        if not np.all((masks >= 0) & (masks <= 1)):
+            raise ValueError("mask values must lie in [0, 1]")
+        layer_masks = {
+            k: jnp.asarray(v)
+            for k, v in losses.layer_masks(
+                np.moveaxis(masks, 0, -1)[None], loss.style_layers, params.arch, loss.pooling
+            ).items()
+        }  # fmt: skip  {layer: (1, h, w, K)}
     if loss.uses_style:
         blend = losses.blend_weights(style_blend, len(styles))
-        s = _style_targets(params, tuple(np.asarray(img, np.float32)[None] for img in styles), blend, loss, tile)
-    return _broadcast_targets(losses.Targets(content=c, style=s), batch)
+        images_ = tuple(np.asarray(img, np.float32)[None] for img in styles)
+        if smasks is None and layer_masks is None:
+            s = _style_targets(params, images_, blend, loss, tile)
+        else:
+            s = _style_targets_masked(params, images_, blend, smasks, layer_masks is not None, loss)
+    return _broadcast_targets(losses.Targets(content=c, style=s, masks=layer_masks), batch)
+
+
+def _mask_array(mask: Any, shape: tuple[int, int], what: str) -> np.ndarray:
+    """A mask as (1, h, w) float32, checked to have the ``shape`` of the image it belongs to."""
+    m = np.asarray(mask, np.float32)
+    if m.shape != tuple(shape):
+        raise ValueError(f"{what} has shape {m.shape}, expected {tuple(shape)} (that of its image)")
+    return m[None]
 
 
 # The targets are computed once per run, each by one compiled call, down to the blend of
@@ -420,7 +482,12 @@ def _content_targets(params, content, loss, tile):
 
 @_xla.jit(static_argnums=(3, 4))
 def _style_targets(params, images, blend, loss, tile):
-    return losses.style_targets(params, list(images), loss, blend, tile)
+    return losses.style_targets(params, list(images), loss, blend, tile=tile)
+
+
+@_xla.jit(static_argnums=(4, 5))
+def _style_targets_masked(params, images, blend, masks, separate, loss):
+    return losses.style_targets(params, list(images), loss, blend, masks=masks, separate=separate)
 
 
 def initial_images(
@@ -479,6 +546,7 @@ class BatchResult:
     wall_s: float  # iterations only, compile excluded
     restarts: np.ndarray = None  # (B,) restarts after a blow-up (see RESTART_FACTOR)
     resets: np.ndarray = None  # (B,) L-BFGS memory drops after an uphill direction
+    opt_state: Any = None  # the optimiser's state after the last step (leaves (B, ...)), for carry_state
 
     @property
     def evals_per_iter(self) -> np.ndarray:
@@ -500,6 +568,7 @@ class Result:
     wall_s: float
     restarts: int = 0  # restarts after a blow-up (see RESTART_FACTOR)
     resets: int = 0  # L-BFGS memory drops after an uphill direction
+    opt_state: Any = None  # the optimiser's state after the last step (leaves (1, ...)), for carry_state
 
     @property
     def evals_per_iter(self) -> float:
@@ -508,6 +577,22 @@ class Result:
 
 # callback(iteration, state, metrics as numpy (B,) arrays) -> True to stop early
 Callback = Callable[[int, StepState, dict], Any]
+
+
+def _lapack_threads(loss: losses.PerceptualLoss):
+    """The W2 loss calls LAPACK's eigh in every step: one BLAS thread (see _xla.single_threaded_lapack)."""
+    return _xla.single_threaded_lapack() if loss.style_loss == "w2" else contextlib.nullcontext()
+
+
+def _with_opt_state(state, opt_state):
+    """``state`` starting from a given optimiser state (None: its own fresh one), checked to fit."""
+    if opt_state is None:
+        return state
+    if jax.tree.structure(opt_state) != jax.tree.structure(state.opt_state) or any(
+        a.shape != b.shape for a, b in zip(jax.tree.leaves(opt_state), jax.tree.leaves(state.opt_state))
+    ):
+        raise ValueError("opt_state does not fit this optimiser and image shape; see carry_state")
+    return state._replace(opt_state=opt_state)
 
 
 def stylize_batch(
@@ -526,6 +611,10 @@ def stylize_batch(
     callback: Callback | None = None,
     memory: str = "plain",
     tile: int | None = None,
+    masks: Any = None,
+    style_masks: Sequence[Any] | None = None,
+    opt_state: Any = None,
+    mesh: Mesh | None = None,
 ) -> BatchResult:
     """Optimise B images at once, each independently, with per-image loss weights.
 
@@ -544,51 +633,141 @@ def stylize_batch(
       optim: the optimiser.
       callback: called after every iteration as ``callback(i, state, metrics)`` with numpy
         metrics; returning True stops the run (``stopped_reason="callback"``).
-      memory: how the VGG passes keep their activations: ``"plain"`` (fastest), ``"remat"``,
-        ``"tiled"`` (the same result in less memory) or ``"remat_bf16"``; see
-        :data:`nstyle.vgg.MEMORY_MODES` and :func:`nstyle.memory.choose_mode`.
+      memory: how the VGG passes keep their activations: ``"plain"`` (fastest), ``"remat"``, ``"tiled"`` (the
+        same result in less memory) or ``"remat_bf16"``; see :func:`nstyle.memory.choose`.
       tile: the tiled mode's tile side in px (default :data:`nstyle.vgg.DEFAULT_TILE`); its
         targets are computed tile by tile too.
+      masks: spatial control, (K, H, W) in [0, 1]: style image k applies in region k of the
+        output only (see :func:`prepare_targets`); ``style_blend`` is then unused. Not with
+        the tiled memory mode.
+      style_masks: per style image None or an (h, w) region of it to take its style from.
+      opt_state: the optimiser's state to start from (leaves (B, ...)), e.g. the previous
+        stage's carried over by :func:`carry_state`; default a fresh one. Not with ``mesh``.
+      mesh: split the batch over this mesh's devices (:func:`nstyle.distributed.make_mesh`);
+        the VGG weights are replicated. The batch is padded to a multiple of the device count
+        with copies of its last image, which the result leaves out. In a multi-process run
+        every process calls this with the same arguments and gets the whole result. None:
+        JAX's default device.
 
-    A KeyboardInterrupt stops the loop and returns what was reached
-    (``stopped_reason="interrupted"``).
+    A KeyboardInterrupt stops the loop and returns what was reached (``stopped_reason="interrupted"``).
     """
-    batch, shape = _batch_and_shape(content, weights, batch, shape)
-    w = loss_weights(loss, batch, weights)
-    target_tile = (tile or vgg.DEFAULT_TILE) if memory == "tiled" else None
-    targets = prepare_targets(params, loss, content, styles, style_blend, batch, tile=target_tile)
-    _xla.release_host_memory()  # what compiling the targets' programs freed, before the step compiles
-    params = vgg.with_backward_kernels(params, loss.layers)  # once per run, not in every step's backward pass
-    x0 = initial_images(init, shape, batch, key, content=content, styles=styles)
+    _check_combination(loss, memory, masks, opt_state, mesh)
+    with _lapack_threads(loss):
+        batch, shape = _batch_and_shape(content, weights, batch, shape)
+        w = loss_weights(loss, batch, weights)
+        target_tile = (tile or vgg.DEFAULT_TILE) if memory == "tiled" else None
+        targets = prepare_targets(params, loss, content, styles, style_blend, batch, masks, style_masks, target_tile)
+        _xla.release_host_memory()  # what compiling the targets' programs freed, before the step compiles
+        params = vgg.with_backward_kernels(params, loss.layers)  # once per run, not in every step's backward pass
+        x0 = initial_images(init, shape, batch, key, content=content, styles=styles)
+        if mesh is not None:
+            x0, targets, w, params = _split(mesh, batch, x0, targets, w, params)
 
-    init_fn, step_fn = make_step(loss, optim, memory, tile)
-    state = init_fn(x0)
+        init_fn, step_fn = make_step(loss, optim, memory, tile)
+        state = _with_opt_state(init_fn(x0), opt_state)
+        compile_s = _compile(step_fn, state, params, targets, w)
+
+        t0 = time.perf_counter()
+        state, loop = _run_loop(step_fn, state, (params, targets, w), optim.steps, callback)
+        wall_s = time.perf_counter() - t0
+        evaluate = lambda x: make_evaluate(loss, memory, tile)(x, params, targets, w)  # noqa: E731
+        images, final, diverged = _best_iterates(state, loop.history, evaluate)
+        if state.average is not None:
+            images, final = _averaged(state, images, final, evaluate)
+    return _batch_result(batch, images, final, diverged, loop, optim, compile_s, wall_s, state.opt_state)
+
+
+def _check_combination(loss, memory: str, masks, opt_state, mesh) -> None:
+    if mesh is not None and opt_state is not None:
+        raise ValueError("opt_state (a carried optimiser state) is not supported with a mesh")
+    if memory == "tiled" and not losses.tiled_supported(loss, masks is not None):
+        raise ValueError("the tiled memory mode computes Gram style losses without masks only")
+
+
+def _compile(step_fn, *args) -> float:
+    """Compile the step once, timed on its own (jit reuses it); then hand the compiler's freed
+    memory back before the step allocates its own. Returns the seconds it took."""
     t0 = time.perf_counter()
-    step_fn.lower(state, params, targets, w).compile()  # compile once, timed on its own; jit reuses it
+    step_fn.lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    _xla.release_host_memory()  # the compiler's freed memory, before the step allocates its own
+    _xla.release_host_memory()
+    return compile_s
 
-    t0 = time.perf_counter()
-    state, loop = _run_loop(step_fn, state, (params, targets, w), optim.steps, callback)
-    wall_s = time.perf_counter() - t0
-    evaluate = make_evaluate(loss, memory, tile)
-    images, final, diverged = _best_iterates(state, loop.history, lambda x: evaluate(x, params, targets, w))
+
+def _batch_result(batch, images, final, diverged, loop, optim, compile_s, wall_s, opt_state) -> BatchResult:
+    """The run's :class:`BatchResult`, without the padding of a split batch (rows from ``batch`` on)."""
     reason = loop.reason
-    if reason == "steps" and diverged.all() and optim.steps > 0:
+    if reason == "steps" and diverged[:batch].all() and optim.steps > 0:
         reason = "nonfinite"
     return BatchResult(
-        images=images,
-        history=loop.history,
-        final=final,
-        evals=loop.evals,
+        images=images[:batch],
+        history={k: v[:, :batch] for k, v in loop.history.items()},
+        final={k: v[:batch] for k, v in final.items()},
+        evals=loop.evals[:batch],
         iterations=loop.iterations if optim.steps else 0,
         stopped_reason=reason,
-        diverged=diverged,
+        diverged=diverged[:batch],
         compile_s=compile_s,
         wall_s=wall_s,
-        restarts=loop.restarts,
-        resets=loop.resets,
+        restarts=loop.restarts[:batch],
+        resets=loop.resets[:batch],
+        opt_state=opt_state,
     )
+
+
+def _split(mesh: Mesh, batch: int, x0, targets, w, params):
+    """The run's arrays on ``mesh``: the batch padded to a multiple of its devices and split, the weights replicated."""
+    padded = -(-batch // mesh.size) * mesh.size
+    split = distributed.batch_sharding(mesh)
+    x0, targets, w = (distributed.put(_pad_batch(t, padded), split) for t in (x0, targets, w))
+    return x0, targets, w, distributed.put(params, distributed.replicated(mesh))
+
+
+def _averaged(state: StepState, best: np.ndarray, best_final: dict, evaluate):
+    """The iterate average as the result, with its loss terms evaluated (one evaluation): per
+    image, unless no iterate entered the average or its loss is not finite (then the best
+    iterate stays). Returns ``(images (B, H, W, 3), final {term: (B,)})``."""
+    total, weight = (np.asarray(a) for a in state.average)
+    have = weight > 0  # (B,)
+    if not have.any():
+        return best, best_final
+    mean = total / np.where(have, weight, 1.0)[:, None, None, None]  # (B, H, W, 3) bias-corrected
+    value, aux = evaluate(jnp.asarray(mean))
+    terms = {"loss": np.asarray(value, np.float64), **{k: np.asarray(v, np.float64) for k, v in aux.items()}}
+    use = have & np.isfinite(terms["loss"])
+    images = np.where(use[:, None, None, None], np.clip(mean, 0.0, 1.0), best).astype(np.float32)
+    final = {k: np.where(use, terms[k], v) if k in terms else v for k, v in best_final.items()}
+    return images, final
+
+
+def carry_state(optim: OptimConfig, opt_state: Any, shape: tuple[int, int]) -> Any:
+    """The optimiser's state of one stage for the next, larger one, or None to start afresh.
+
+    Adam's moments are images (B, H, W, 3) like the pixels: resized (bilinear) to ``shape``,
+    its step count kept, so the next stage goes on at the pace it had. L-BFGS's memory holds
+    differences of iterates and gradients at the old size, which no resize turns into
+    curvature pairs of the new one: it restarts (None).
+    """
+    if optim.name != "adam" or opt_state is None:
+        return None
+
+    def resize(a):
+        a = jnp.asarray(a)
+        if a.ndim == 4:  # (B, H, W, 3)
+            return jax.image.resize(a, (a.shape[0], *shape, a.shape[-1]), "linear")
+        return a
+
+    return jax.tree.map(resize, opt_state)
+
+
+def _pad_batch(tree, n: int):
+    """Leaves (B, ...) -> numpy (n, ...), the last row repeated (n >= B)."""
+
+    def one(a):
+        a = np.asarray(a)
+        return a if a.shape[0] == n else np.concatenate([a, np.repeat(a[-1:], n - a.shape[0], axis=0)])
+
+    return jax.tree.map(one, tree)
 
 
 def _batch_and_shape(content, weights, batch, shape) -> tuple[int, tuple[int, int]]:
@@ -626,7 +805,7 @@ def _run_loop(step_fn, state: StepState, args: tuple, steps: int, callback: Call
     try:
         for it in range(1, steps + 1):
             state, m = step_fn(state, *args)
-            m = jax.device_get(m)
+            m = distributed.gather(m)  # (B,) each; several processes: every one gets all of them
             evals += m["evals"]
             restarts += m["restart"]
             resets += m["reset"]
@@ -657,7 +836,7 @@ def _best_iterates(state: StepState, history: dict[str, np.ndarray], evaluate):
     the starting images are evaluated by ``evaluate(images) -> (total, aux)``.
     """
     batch = state.best.shape[0]
-    diverged = ~np.asarray(state.alive)
+    diverged = ~distributed.gather(state.alive)
     if len(history.get("loss", ())):
         total = history["loss"]  # (T, B)
         row = np.argmin(np.where(np.isfinite(total), total, np.inf), axis=0)  # the first minimum, as the step's "<"
@@ -665,10 +844,10 @@ def _best_iterates(state: StepState, history: dict[str, np.ndarray], evaluate):
         last = state.good
     else:
         last = state.image
-        total, aux = evaluate(last)
+        total, aux = distributed.gather(evaluate(last))
         final = {"loss": np.asarray(total, np.float64), **{k: np.asarray(v, np.float64) for k, v in aux.items()}}
         diverged = ~np.isfinite(final["loss"])
-    return np.clip(np.asarray(last, np.float32), 0.0, 1.0), final, diverged
+    return np.clip(distributed.gather(last).astype(np.float32), 0.0, 1.0), final, diverged
 
 
 def stylize(
@@ -685,6 +864,9 @@ def stylize(
     callback: Callback | None = None,
     memory: str = "plain",
     tile: int | None = None,
+    masks: Any = None,
+    style_masks: Sequence[Any] | None = None,
+    opt_state: Any = None,
 ) -> Result:
     """Optimise one image; see :func:`stylize_batch` for the arguments.
 
@@ -707,6 +889,9 @@ def stylize(
         callback=callback,
         memory=memory,
         tile=tile,
+        masks=masks,
+        style_masks=style_masks,
+        opt_state=opt_state,
     )
     return Result(
         image=r.images[0],
@@ -720,4 +905,5 @@ def stylize(
         wall_s=r.wall_s,
         restarts=int(r.restarts[0]),
         resets=int(r.resets[0]),
+        opt_state=r.opt_state,
     )

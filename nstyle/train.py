@@ -1,6 +1,8 @@
-"""Train a FastNet for one style on a folder of photos (Johnson et al. 2016): the library side.
+"""Train a FastNet on a folder of photos (Johnson et al. 2016; several styles in one network,
+Dumoulin et al. 2017): the library side.
 
     cfg = TrainConfig(style="starry.jpg", data="/data/coco/train2014", size=256, steps=40000)
+    cfg = TrainConfig(style=("a.jpg", "b.jpg", "c.jpg"), data=...)   # one network, three styles
     summary = train(cfg, "runs/starry")     # checkpoints/, metrics.csv, samples/, model.npz, metrics.json
 
 ``nstyle-train`` (:mod:`nstyle.cli.train`) is this function behind a Hydra schema. The work
@@ -10,13 +12,23 @@ directory holds ``checkpoints/``, ``metrics.csv`` (loss terms every ``log_every`
 Calling :func:`train` again on the same directory resumes from its last checkpoint: same
 step, optimiser state, data order and RNG, so the result equals an uninterrupted run.
 
-The pieces are separate functions: :func:`perceptual_loss_for` (MSE-unit weights to
-METHOD.md's sums), :func:`make_train_step` (one jitted, data-parallel step),
-:func:`init_state`, and inside :func:`train` the steps restore-or-init, loop, export.
+Several processes (:mod:`nstyle.distributed`, e.g. ``srun --ntasks=2``) train one model: the
+mesh spans every process's devices, each process loads only its slice of each batch, all of
+them resume from the checkpoint process 0 chose, and only process 0 writes files.
+
+The pieces are separate functions: :func:`perceptual_loss_for` (the configured weights as
+METHOD.md's sums), :func:`training_loss` (the normalised per-image objective),
+:func:`make_train_step` (one jitted, data-parallel step), :func:`init_state`, and inside
+:func:`train` the steps restore-or-init, loop, export.
+
+With several styles, image ``i`` of step ``t``'s batch is trained for style
+``(t·B + i) mod S`` (:func:`style_indices`): every style gets the same share of the photos,
+and a resumed run assigns them as the uninterrupted one did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -32,10 +44,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from nstyle import _io, _rundir, _xla, checkpoint, data, fastnet, images, losses, memory, runinfo, vgg, weights
+from nstyle import (
+    _io,
+    _rundir,
+    _xla,
+    checkpoint,
+    data,
+    distributed,
+    fastnet,
+    images,
+    losses,
+    memory,
+    runinfo,
+    vgg,
+    weights,
+)
 from nstyle._errors import UserError
 
 log = logging.getLogger("nstyle.train")
@@ -53,26 +78,39 @@ SCHEDULES = ("constant", "cosine")
 
 @dataclasses.dataclass(frozen=True)
 class TrainLoss:
-    """Loss weights in mean-squared-error units, as in PyTorch's fast_neural_style example.
+    """The training loss: layers, weights and how each term is normalised.
 
-    That example uses the same torchvision VGG16 and input normalisation as nstyle, so its
-    weights carry over: content_weight · mean((F − P)²) + style_weight · Σ_l mean((G_l − A_l)²)
-    with G = F Fᵀ / (N·M), + tv_weight · mean over pixels of (∂x² + ∂y²). See
-    :func:`perceptual_loss_for` for the exact conversion to METHOD.md's sums.
+    ``normalize=True`` (the default) divides each layer's term by the same term of a
+    zero response, i.e. by its target's size: the content term of layer l becomes
+    ``Σ(F−P)²/ΣP²`` (P the input photo's response, per image) and the style term
+    ``Σ(G/M−Â)²/ΣÂ²`` (Â the style's mean Gram matrix). Both are relative errors, 1 for a
+    black image whatever the crop size, the painting or the layer, so one set of weights
+    holds from 64 to 256 px crops (docs/fastnet.md has the measurements).
+
+    ``normalize=False`` takes the weights in mean-squared-error units, as PyTorch's
+    fast_neural_style example does (it uses the same torchvision VGG16 and input
+    normalisation, so its weights carry over: content 1e5, style 1e10, TV 10, meant for 256 px
+    crops): content_weight · mean((F − P)²) + style_weight · Σ_l mean((G_l − A_l)²) with
+    G = F Fᵀ / (N·M). See :func:`perceptual_loss_for` for the conversion to METHOD.md's sums.
+
+    In both, the TV term is tv_weight · mean over pixels of (∂x² + ∂y²).
     """
 
     network: str = "vgg16"  # Johnson et al.'s loss network; vgg19 uses relu1_2/2_2/3_4/4_4 for style
     content_layers: tuple[str, ...] | None = None  # None: the network's default (relu2_2)
     style_layers: tuple[str, ...] | None = None  # None: relu1_2, relu2_2, relu3_3, relu4_3 (VGG16)
-    content_weight: float = 1e5
-    style_weight: float = 1e10
-    tv_weight: float = 10.0  # small; smooths high-frequency noise
+    normalize: bool = True  # relative errors per layer, as losses.PerceptualLoss(normalize=True); False: MSE units
+    content_weight: float = 1.0
+    style_weight: float = 1.0  # per style layer
+    tv_weight: float = 0.0
     style_size: int | None = None  # longest side of the style image for its Gram targets; None: the crop size
     pooling: str = "max"  # the loss network as it was trained
 
     def __post_init__(self):
         if self.network not in DEFAULT_LAYERS:
             raise UserError(f"loss.network must be one of {', '.join(DEFAULT_LAYERS)}, got '{self.network}'")
+        if not isinstance(self.normalize, bool):
+            raise UserError(f"loss.normalize must be true or false, got '{self.normalize}'")
         for name in ("content_weight", "style_weight", "tv_weight"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
@@ -108,7 +146,7 @@ class LRSchedule:
 class TrainConfig:
     """Everything a training run needs; the defaults are the paper's (Johnson et al. 2016)."""
 
-    style: str | None = None  # style image path or builtin:<name> (required)
+    style: str | tuple[str, ...] | None = None  # style image (path or builtin:<name>), or several (required)
     data: str | None = None  # folder of training photos, searched recursively (required)
     size: int = 256  # training crop side (px); a multiple of 4
     steps: int = 40000  # 40k steps of batch 4 ≈ 2 epochs of COCO's 83k images
@@ -128,10 +166,15 @@ class TrainConfig:
     progress: bool = True
     resume: bool = True  # continue from checkpoints/ in the work directory if there are any
     kill_at_step: int | None = None  # tests only: SIGKILL this process right after this step
+    pause_at_step: int | None = None  # tests only: after this step, wait until killed (scancel tests)
 
     def __post_init__(self):
         if not self.style:
-            raise UserError("no style image; add style=PATH (an image file or builtin:<name>)")
+            raise UserError("no style image; add style=PATH (an image file or builtin:<name>) or style=[a.jpg,b.jpg]")
+        if not all(isinstance(x, str) and x for x in self.styles):
+            raise UserError(f"style: expected a path or a list of paths, got {self.style!r}")
+        if len(set(self.styles)) != len(self.styles):
+            raise UserError(f"style: {list(self.styles)} names an image twice; give each style once")
         if not self.data:
             raise UserError("no training data; add data=DIR (a folder of photos, e.g. COCO train2014)")
         if self.size < 16 or self.size % 4:
@@ -146,20 +189,29 @@ class TrainConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prefetch < 0:
             raise UserError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.net.styles not in (1, len(self.styles)):
+            raise UserError(f"net.styles={self.net.styles} but {len(self.styles)} style images; leave net.styles at 1")
+
+    @property
+    def styles(self) -> tuple[str, ...]:
+        """The style images, one or more, in the order of the network's style weights."""
+        return (self.style,) if isinstance(self.style, str) else tuple(self.style)
 
 
 # ----------------------------------------------------------------------------- loss
 
 
 def perceptual_loss_for(cfg: TrainLoss, size: int, params: vgg.VGGParams) -> tuple[losses.PerceptualLoss, float]:
-    """Turn MSE-unit weights into a :class:`losses.PerceptualLoss` (METHOD.md sums) for ``size`` crops.
+    """The configured weights as a :class:`losses.PerceptualLoss` (METHOD.md sums) for ``size`` crops.
 
-    With N_l channels and M_l positions at layer l:
+    ``normalize=True``: the layer weights are ``content_weight`` and ``style_weight``
+    as given; :func:`training_loss` divides each term by its target's size.
+    ``normalize=False`` (MSE units); with N_l channels and M_l positions at layer l:
       content  w_c · Σ(F−P)²/(N M)           = (2 w_c / (N M)) · ½Σ(F−P)²       -> content weight 2 w_c/(N M)
       style    w_s · Σ(G/(NM) − A/(NM))²/N²  = (4 w_s / N²) · Σ(G/M−Â)²/(4N²)   -> style weight 4 w_s / N²
-      TV       w_tv · tv / (3 H W)                                             -> tv weight w_tv / (3 H W)
-    E.g. at 256 px the VGG16 content weight is 2e5 / (128·128²) ≈ 0.095, and the style weights
-    are 9.8e6, 2.4e6, 6.1e5, 1.5e5 for relu1_2 … relu4_3. Returns ``(loss, tv_scale)``.
+    E.g. at 256 px the VGG16 content weight for w_c = 1e5 is 2e5 / (128·128²) ≈ 0.095, and the
+    style weights for w_s = 1e10 are 9.8e6, 2.4e6, 6.1e5, 1.5e5 for relu1_2 … relu4_3.
+    TV, both: w_tv · tv / (3 H W). Returns ``(loss, tv_scale)``.
     """
     content_layers = tuple(cfg.content_layers or DEFAULT_LAYERS[cfg.network][0])
     style_layers = tuple(cfg.style_layers or DEFAULT_LAYERS[cfg.network][1])
@@ -170,10 +222,15 @@ def perceptual_loss_for(cfg: TrainLoss, size: int, params: vgg.VGGParams) -> tup
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    cw = tuple(
-        2.0 * cfg.content_weight / (s.shape[3] * s.shape[1] * s.shape[2]) for s in (shapes[l] for l in content_layers)
-    )
-    sw = tuple(4.0 * cfg.style_weight / shapes[l].shape[3] ** 2 for l in style_layers)
+    if cfg.normalize:
+        cw = (cfg.content_weight,) * len(content_layers)
+        sw = (cfg.style_weight,) * len(style_layers)
+    else:
+        cw = tuple(
+            2.0 * cfg.content_weight / (s.shape[3] * s.shape[1] * s.shape[2])
+            for s in (shapes[l] for l in content_layers)
+        )
+        sw = tuple(4.0 * cfg.style_weight / shapes[l].shape[3] ** 2 for l in style_layers)
     tv = cfg.tv_weight / (3.0 * size * size)
     loss = losses.PerceptualLoss(
         content_layers=content_layers,
@@ -186,6 +243,42 @@ def perceptual_loss_for(cfg: TrainLoss, size: int, params: vgg.VGGParams) -> tup
         pooling=cfg.pooling,
     )
     return loss, tv
+
+
+def training_loss(
+    params: vgg.VGGParams,
+    outputs: jax.Array,
+    targets: losses.Targets,
+    loss: losses.PerceptualLoss,
+    normalize: bool,
+) -> tuple[jax.Array, dict]:
+    """Per-image training loss of the network's ``outputs`` (B, H, W, 3): ``(total (B,), terms)``.
+
+    ``targets.content``: {layer: (B, h, w, N)} the input photos' responses; ``targets.style``:
+    {layer: (B|1, N, N)} each image's mean-Gram target. With ``normalize=True`` each
+    layer's term is divided by the same term of a zero response (½ΣP² per image for content,
+    ΣÂ²/(4N²) for style); with ``False`` it is :func:`losses.perceptual_loss` as it is.
+    ``terms`` holds the weighted ``content``, ``style`` and ``tv`` parts, each (B,).
+    """
+    _, aux = losses.perceptual_loss(params, outputs, targets, loss)
+    if not normalize:
+        return aux["content"] + aux["style"] + loss.tv_weight * aux["tv"], {
+            "content": aux["content"],
+            "style": aux["style"],
+            "tv": loss.tv_weight * aux["tv"],
+        }
+    content = jnp.zeros(outputs.shape[:1], outputs.dtype)
+    for layer, w in zip(loss.content_layers, loss.content_weights):
+        p = targets.content[layer]  # (B, h, w, N)
+        size = 0.5 * jnp.sum(jnp.square(p), axis=(1, 2, 3))  # (B,) the content loss of a zero response
+        content = content + w * aux[f"content/{layer}"] / jnp.maximum(size, 1e-12)
+    style = jnp.zeros(outputs.shape[:1], outputs.dtype)
+    for layer, w in zip(loss.style_layers, loss.style_weights):
+        a = targets.style[layer]  # (B|1, N, N)
+        size = jnp.sum(jnp.square(a), axis=(1, 2)) / (4.0 * a.shape[-1] ** 2)  # (B|1,) E_l of a zero response
+        style = style + w * aux[f"style/{layer}"] / jnp.maximum(size, 1e-30)
+    tv = loss.tv_weight * aux["tv"]
+    return content + style + tv, {"content": content, "style": style, "tv": tv}
 
 
 # ----------------------------------------------------------------------------- step
@@ -207,10 +300,14 @@ def make_optimizer(cfg: LRSchedule, steps: int) -> optax.GradientTransformation:
     return optax.adam(lr)
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over the batch axis of all (or the given) devices."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.array(devices), ("data",))
+# the batch axis and its sharding are nstyle.distributed's, shared with the batched Gatys sweep
+make_mesh = distributed.make_mesh
+shard_batch = distributed.shard_batch
+
+
+def style_indices(step: jax.Array, batch: int, styles: int) -> jax.Array:
+    """(B,) int32: the style each image of step ``step``'s batch is trained for, ``(step·B + i) mod S``."""
+    return (step * batch + jnp.arange(batch, dtype=jnp.int32)) % styles
 
 
 def make_train_step(
@@ -220,16 +317,18 @@ def make_train_step(
     loss_params: vgg.VGGParams,
     style: dict,
     mesh: Mesh,
+    normalize: bool = TrainLoss.normalize,
 ):
     """``train_step(state, batch, key) -> (state, metrics)``, jitted, data-parallel over ``mesh``.
 
+    ``style`` is {layer: (S, N, N)}, the mean Gram matrices of the network's S styles.
     ``batch`` (B, H, W, 3) is split over the mesh's 'data' axis; params and optimiser state
     are replicated, so XLA inserts the gradient all-reduce. ``state`` is donated. The step's
     randomness (a horizontal flip per image) is ``fold_in(key, state.step)``, so a resumed
-    run draws the same numbers.
+    run draws the same numbers; so is each image's style (:func:`style_indices`).
     """
-    replicated = NamedSharding(mesh, P())
-    split = NamedSharding(mesh, P("data"))
+    replicated = distributed.replicated(mesh)
+    split = distributed.batch_sharding(mesh)
 
     def step_fn(frozen, state: TrainState, batch: jax.Array, key: jax.Array):
         loss_params, style = frozen
@@ -238,20 +337,26 @@ def make_train_step(
         batch = jnp.where(flip[:, None, None, None], batch[:, :, ::-1, :], batch)  # (B, H, W, 3)
         # the content target is the input itself; VGG is frozen
         content = jax.lax.stop_gradient(losses.content_targets(loss_params, batch, loss))
+        if net.styles == 1:
+            weights, targets = None, style  # {layer: (1, N, N)}, broadcast over the batch
+        else:
+            index = style_indices(state.step, batch.shape[0], net.styles)  # (B,)
+            weights = jax.nn.one_hot(index, net.styles, dtype=batch.dtype)  # (B, S)
+            targets = {layer: a[index] for layer, a in style.items()}  # {layer: (B, N, N)}
 
         def objective(params):
-            out = fastnet.apply(net, params, batch)  # (B, H, W, 3)
-            total, aux = losses.perceptual_loss(loss_params, out, losses.Targets(content, style), loss)
-            return jnp.mean(total), aux
+            out = fastnet.apply(net, params, batch, weights)  # (B, H, W, 3)
+            total, terms = training_loss(loss_params, out, losses.Targets(content, targets), loss, normalize)
+            return jnp.mean(total), terms
 
-        (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        (value, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": value,
-            "content": jnp.mean(aux["content"]),
-            "style": jnp.mean(aux["style"]),
-            "tv": loss.tv_weight * jnp.mean(aux["tv"]),
+            "content": jnp.mean(terms["content"]),
+            "style": jnp.mean(terms["style"]),
+            "tv": jnp.mean(terms["tv"]),
             "grad_norm": optax.global_norm(grads),
         }
         return TrainState(params, opt_state, state.step + 1), metrics
@@ -272,18 +377,12 @@ def init_state(
     """Fresh state, replicated over ``mesh``; one jitted call (eager init compiles op by op)."""
 
     def build(key):
-        params = fastnet.FastNet(net).init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+        x, w = jnp.zeros((1, 32, 32, 3), jnp.float32), jnp.full((1, net.styles), 1.0 / net.styles, jnp.float32)
+        params = fastnet.FastNet(net).init(key, x, w)["params"]
         return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
-    out = None if mesh is None else NamedSharding(mesh, P())
+    out = None if mesh is None else distributed.replicated(mesh)
     return jax.jit(build, out_shardings=out)(key)
-
-
-def shard_batch(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Host batch -> global array split over 'data'. Multi-host: ``batch`` is this process's slice."""
-    if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    return jax.make_array_from_process_local_data(sharding, batch)
 
 
 # ----------------------------------------------------------------------------- training
@@ -324,8 +423,8 @@ class _Run:
     loss: losses.PerceptualLoss
     loss_params: vgg.VGGParams
     folder: data.ImageFolder
-    style_image: np.ndarray  # (Hs, Ws, 3)
-    style_sha256: str  # of the style image file
+    style_images: list[np.ndarray]  # [(Hs, Ws, 3)], one per style
+    style_sha256: list[str]  # of each style image file, in style order
     validation: list[np.ndarray]  # [(h, w, 3)]
     optimizer: optax.GradientTransformation
     mesh: Mesh
@@ -337,23 +436,29 @@ def _prepare(cfg: TrainConfig) -> _Run:
     if cfg.batch % n:
         raise UserError(f"batch={cfg.batch} does not split over {n} devices; use a multiple of {n}")
     check_memory(cfg, memory.available_bytes())
-    style_image = images.load_image(cfg.style, max_side=cfg.loss.style_size or cfg.size)
+    style_images = [images.load_image(s, max_side=cfg.loss.style_size or cfg.size) for s in cfg.styles]
     validation = [images.load_image(v, max_side=cfg.sample_size) for v in cfg.validation]
     folder = data.ImageFolder.scan(cfg.data)
     folder.check_readable()
     loss_params = weights.load(cfg.loss.network)
     loss, _ = perceptual_loss_for(cfg.loss, cfg.size, loss_params)
     return _Run(
-        net=cfg.net,
+        net=dataclasses.replace(cfg.net, styles=len(cfg.styles)),
         loss=loss,
         loss_params=loss_params,
         folder=folder,
-        style_image=style_image,
-        style_sha256=_io.sha256_file(images.resolve(cfg.style)),
+        style_images=style_images,
+        style_sha256=[_io.sha256_file(images.resolve(s)) for s in cfg.styles],
         validation=validation,
         optimizer=make_optimizer(cfg.optim, cfg.steps),
         mesh=make_mesh(),
     )
+
+
+def style_table(params: vgg.VGGParams, style_images: list[np.ndarray], loss: losses.PerceptualLoss) -> dict:
+    """{layer: (S, N, N)}: the mean Gram matrices of each style image, stacked in style order."""
+    per_style = [losses.style_targets(params, [jnp.asarray(img[None])], loss) for img in style_images]
+    return {layer: jnp.concatenate([t[layer] for t in per_style]) for layer in loss.style_layers}
 
 
 def needed_bytes(cfg: TrainConfig, size: int | None = None) -> int:
@@ -391,11 +496,12 @@ def check_memory(cfg: TrainConfig, budget_bytes: int) -> None:
 
 
 def identity(cfg: TrainConfig, run: _Run) -> dict:
-    """What defines a training run, flat and JSON-plain: the style image (its sha256), the
+    """What defines a training run, flat and JSON-plain: the style images (their sha256), the
     data folder's digest, the crops, the seed, the network, the loss and the optimiser.
     A resume must match it exactly; ``steps`` (and logging, sampling, checkpointing) may change."""
     out = {
-        "style_sha256": run.style_sha256,
+        # one style: its digest (as single-style runs always recorded it); several: the list, in order
+        "style_sha256": run.style_sha256[0] if len(run.style_sha256) == 1 else run.style_sha256,
         "data_digest": run.folder.digest,
         "size": cfg.size,
         "batch": cfg.batch,
@@ -436,17 +542,7 @@ def restore_or_init(cfg: TrainConfig, run: _Run, workdir: Path) -> TrainState:
             f"{ckpt_dir} already holds checkpoints and resume=false; use a new run directory "
             f"(or resume=true to continue that run)"
         )
-    last, info = None, None
-    if cfg.resume:
-        last, info, moved = checkpoint.latest_readable(ckpt_dir)
-        for path, why in moved:
-            log.warning("damaged checkpoint moved aside as %s: %s", path.name, why)
-        if last is None and checkpoint.damaged(ckpt_dir):
-            names = ", ".join(p.name for p in checkpoint.damaged(ckpt_dir))
-            raise checkpoint.CheckpointError(
-                f"{ckpt_dir} holds no readable checkpoint, only damaged ones ({names}); delete them to start "
-                f"this run over, or put a good checkpoint back"
-            )
+    last, info = _agreed_checkpoint(ckpt_dir) if cfg.resume else (None, None)
     if last is not None:
         if "identity" in info:
             check_identity(info["identity"], identity(cfg, run), last)
@@ -462,29 +558,74 @@ def restore_or_init(cfg: TrainConfig, run: _Run, workdir: Path) -> TrainState:
     init_key = jax.random.split(jax.random.key(cfg.seed))[0]
     state = init_state(run.net, run.optimizer, init_key, run.mesh)
     if last is None:
-        _truncate_log(workdir / "metrics.csv", 0)  # a fresh start in a used directory: not this run's log
+        if distributed.is_main():
+            _truncate_log(workdir / "metrics.csv", 0)  # a fresh start in a used directory: not this run's log
         return state
     tree, info = checkpoint.restore(last, like=state._asdict())
     state = TrainState(**tree)
     start = int(state.step)
     log.info("resuming from %s (step %d)", last.name, start)
-    _truncate_log(workdir / "metrics.csv", start)
-    return jax.device_put(state, NamedSharding(run.mesh, P()))
+    if distributed.is_main():
+        _truncate_log(workdir / "metrics.csv", start)
+    return distributed.put(state, distributed.replicated(run.mesh))
+
+
+def _agreed_checkpoint(ckpt_dir: Path) -> tuple[Path | None, dict | None]:
+    """``(checkpoint, its info)`` to resume from, as process 0 chose it; every process of a run takes that one.
+
+    Process 0 alone moves damaged checkpoints aside; if it refuses to resume, the others stop too.
+    """
+    last, info, refused = None, None, None
+    if distributed.is_main():
+        try:
+            last, info = _newest_readable(ckpt_dir)
+        except UserError as e:
+            refused = e
+    if jax.process_count() > 1:
+        step = -2 if refused is not None else -1 if last is None else checkpoint.step_of(last)
+        step = int(distributed.broadcast(np.int32(step)))
+        if step == -2 and refused is None:
+            raise checkpoint.CheckpointError(f"{ckpt_dir}: process 0 refused to resume from it (its log says why)")
+        if step >= 0 and last is None:
+            last = checkpoint.path_for(ckpt_dir, step)
+            info = checkpoint.read(last)[1]
+    if refused is not None:
+        raise refused
+    return last, info
+
+
+def _newest_readable(ckpt_dir: Path) -> tuple[Path | None, dict | None]:
+    """The newest readable checkpoint and its info; damaged ones are moved aside (and named)."""
+    last, info, moved = checkpoint.latest_readable(ckpt_dir)
+    for path, why in moved:
+        log.warning("damaged checkpoint moved aside as %s: %s", path.name, why)
+    if last is None and checkpoint.damaged(ckpt_dir):
+        names = ", ".join(p.name for p in checkpoint.damaged(ckpt_dir))
+        raise checkpoint.CheckpointError(
+            f"{ckpt_dir} holds no readable checkpoint, only damaged ones ({names}); delete them to start "
+            f"this run over, or put a good checkpoint back"
+        )
+    return last, info
 
 
 class _Logger:
-    """Means of the step metrics over each ``log_every`` interval, appended to ``metrics.csv``."""
+    """Means of the step metrics over each ``log_every`` interval, appended to ``metrics.csv``.
 
-    def __init__(self, path: Path, cfg: TrainConfig, start: int):
+    Every process computes the rows (and stops on a non-finite loss); only a ``writer`` writes them.
+    """
+
+    def __init__(self, path: Path, cfg: TrainConfig, start: int, writer: bool = True):
         self.cfg, self.pending, self.last_row = cfg, [], {}
-        new = not path.exists()
-        self.file = open(path, "a", newline="")  # noqa: SIM115 -- closed by close(), after the loop
-        self.writer = csv.DictWriter(self.file, CSV_FIELDS)
-        if new:
-            self.writer.writeheader()
+        self.file = self.writer = None
+        if writer:
+            new = not path.exists()
+            self.file = open(path, "a", newline="")  # noqa: SIM115 -- closed by close(), after the loop
+            self.writer = csv.DictWriter(self.file, CSV_FIELDS)
+            if new:
+                self.writer.writeheader()
         self.t0 = self.t_last = time.perf_counter()
         self.bar = None
-        if cfg.progress:
+        if cfg.progress and writer:
             from tqdm import tqdm
 
             self.bar = tqdm(
@@ -494,7 +635,7 @@ class _Logger:
     def add(self, done: int, metrics: dict) -> None:
         self.pending.append(metrics)
         if done % self.cfg.log_every == 0 or done == self.cfg.steps:
-            host = jax.device_get(self.pending)  # one sync per log interval
+            host = distributed.local(self.pending)  # one sync per log interval
             now = time.perf_counter()
             row = {k: float(np.mean([m[k] for m in host])) for k in ("loss", "content", "style", "tv", "grad_norm")}
             row.update(
@@ -504,8 +645,9 @@ class _Logger:
                 raise FloatingPointError(
                     f"loss became {row['loss']} at step {done}; lower optim.lr or the loss weights"
                 )
-            self.writer.writerow(row)
-            self.file.flush()
+            if self.writer is not None:
+                self.writer.writerow(row)
+                self.file.flush()
             self.pending, self.t_last, self.last_row = [], now, row
             if self.bar is not None:
                 self.bar.set_postfix(
@@ -520,7 +662,8 @@ class _Logger:
             self.bar.update(1)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.bar is not None:
             self.bar.close()
 
@@ -530,16 +673,19 @@ def _loop(
 ) -> tuple[TrainState, dict, int]:
     """Steps from ``state.step`` to ``cfg.steps``; returns the state, the last log row and the skipped-file count."""
     start = int(state.step)
-    split = NamedSharding(run.mesh, P("data"))
-    style = losses.style_targets(run.loss_params, [jnp.asarray(run.style_image[None])], run.loss)  # {layer: (1, N, N)}
-    train_step = make_train_step(run.net, run.loss, run.optimizer, run.loss_params, style, run.mesh)
+    split = distributed.batch_sharding(run.mesh)
+    style = style_table(run.loss_params, run.style_images, run.loss)  # {layer: (S, N, N)}
+    train_step = make_train_step(
+        run.net, run.loss, run.optimizer, run.loss_params, style, run.mesh, normalize=cfg.loss.normalize
+    )
     step_key = jax.random.split(jax.random.key(cfg.seed))[1]
     shard = (jax.process_index(), jax.process_count())  # multi-host: each process loads its slice
     batches = data.Batches(
         run.folder, cfg.size, cfg.batch, cfg.seed, start=start * cfg.batch, scale=tuple(cfg.crop_scale), shard=shard
     )
     loader = data.Prefetch(lambda: shard_batch(batches.next_batch(), split), depth=cfg.prefetch)
-    logger = _Logger(workdir / "metrics.csv", cfg, start)
+    main = distributed.is_main()
+    logger = _Logger(workdir / "metrics.csv", cfg, start, writer=main)
     ckpt_dir = workdir / "checkpoints"
     run_identity = identity(cfg, run)
     try:
@@ -547,9 +693,9 @@ def _loop(
             state, metrics = train_step(state, loader.next(), step_key)
             done = step + 1
             logger.add(done, metrics)
-            if done % cfg.sample_every == 0 or done == cfg.steps:
+            if main and (done % cfg.sample_every == 0 or done == cfg.steps):
                 save_samples(workdir, done, run, state.params)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 info = {
                     "identity": run_identity,
                     "config": {"seed": cfg.seed, "batch": cfg.batch, "size": cfg.size},
@@ -563,12 +709,16 @@ def _loop(
                     "fastnet": dataclasses.asdict(run.net),
                     "time": time.time(),
                 }
-                checkpoint.save(ckpt_dir, done, state._asdict(), info, keep=cfg.keep_checkpoints)
+                checkpoint.save(ckpt_dir, done, distributed.local(state._asdict()), info, keep=cfg.keep_checkpoints)
                 if on_checkpoint is not None:
                     on_checkpoint(done)
             if cfg.kill_at_step is not None and done == cfg.kill_at_step:
-                logger.file.flush()
+                logger.close()
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash: no cleanup, nothing flushed but what is on disk
+            if cfg.pause_at_step is not None and done == cfg.pause_at_step:
+                logger.close()
+                while True:  # mid-run until something (scancel, a test) kills the process
+                    time.sleep(1)
     finally:
         loader.close()
         logger.close()
@@ -576,15 +726,21 @@ def _loop(
 
 
 def save_samples(workdir: Path, step: int, run: _Run, params) -> Path:
-    """The validation images above their stylisations, as one PNG in ``samples/``."""
+    """The validation images above their stylisations (one row per style), as one PNG in ``samples/``."""
     stylize = _sampler(run.net)
-    outs = [np.asarray(stylize(params, jnp.asarray(v[None])))[0] for v in run.validation]
-    return images.save_image(workdir / "samples" / f"step_{step:07d}.png", images.tile([run.validation, outs]))
+    params = distributed.local(params)  # this process's copy: the sampler runs on its own device
+    rows = [run.validation]
+    for k in range(run.net.styles):
+        onehot = np.eye(run.net.styles, dtype=np.float32)[k]  # (S,)
+        rows.append([np.asarray(stylize(params, jnp.asarray(v[None]), onehot))[0] for v in run.validation])
+    return images.save_image(workdir / "samples" / f"step_{step:07d}.png", images.tile(rows))
 
 
 @functools.lru_cache(maxsize=8)
 def _sampler(net: fastnet.FastNetConfig):
-    return _xla.jit(lambda p, x: fastnet.stylize(net, p, x))
+    if net.styles == 1:
+        return _xla.jit(lambda p, x, w: fastnet.stylize(net, p, x))
+    return _xla.jit(lambda p, x, w: fastnet.stylize(net, p, x, w))
 
 
 def train(
@@ -602,19 +758,23 @@ def train(
     ``on_checkpoint(step)`` after each checkpoint (it redraws the loss plot).
     """
     workdir = Path(workdir)
-    with _rundir.hold(workdir):
-        _rundir.check_writable(workdir, workdir / "checkpoints", workdir / "samples")
+    main = distributed.is_main()
+    # process 0 owns the directory; the others of a multi-process run only read from it
+    with _rundir.hold(workdir) if main else contextlib.nullcontext():
+        if main:
+            _rundir.check_writable(workdir, workdir / "checkpoints", workdir / "samples")
         run = _prepare(cfg)
         state = restore_or_init(cfg, run, workdir)
-        _rundir.remove_stale_temporaries(workdir, ["checkpoints", "samples"])
-        if on_start is not None:
-            on_start()
+        if main:
+            _rundir.remove_stale_temporaries(workdir, ["checkpoints", "samples"])
+            if on_start is not None:
+                on_start()
         start = int(state.step)
         state, last_row, skipped = _loop(cfg, run, state, workdir, on_checkpoint)
         if not last_row:  # nothing trained in this process (resumed at the last step): the log's last row
             rows = read_log(workdir / "metrics.csv")
             last_row = rows[-1] if rows else {}
-        if not (workdir / "samples" / f"step_{cfg.steps:07d}.png").exists():
+        if main and not (workdir / "samples" / f"step_{cfg.steps:07d}.png").exists():
             save_samples(workdir, cfg.steps, run, state.params)
         return export(cfg, run, state, workdir, start=start, last_row=last_row, skipped=skipped)
 
@@ -622,18 +782,19 @@ def train(
 def export(
     cfg: TrainConfig, run: _Run, state: TrainState, workdir: Path, *, start: int, last_row: dict, skipped: int
 ) -> dict:
-    """Write ``model.npz`` and ``metrics.json``; returns the summary."""
-    params = jax.device_get(state.params)
+    """Write ``model.npz`` and ``metrics.json`` (process 0 only); returns the summary on every process."""
+    params = distributed.local(state.params)
     model_meta = {
-        "style": str(cfg.style),
+        "style": cfg.styles[0] if len(cfg.styles) == 1 else list(cfg.styles),
+        "styles": list(cfg.styles),
         "steps": cfg.steps,
         "size": cfg.size,
         "batch": cfg.batch,
         "seed": cfg.seed,
         "loss_network": cfg.loss.network,
+        "loss_normalize": cfg.loss.normalize,
         "checkpoint": checkpoint.path_for(workdir / "checkpoints", cfg.steps).name,
     }
-    fastnet.export_model(workdir / "model.npz", run.net, params, model_meta)
     summary = {
         "steps": cfg.steps,
         "resumed_from_step": start,
@@ -660,5 +821,7 @@ def export(
         "config": cfg,
         "run": runinfo.describe(params=run.loss_params, seed=cfg.seed),
     }
-    _io.write_json(workdir / "metrics.json", summary)
+    if distributed.is_main():
+        fastnet.export_model(workdir / "model.npz", run.net, params, model_meta)
+        _io.write_json(workdir / "metrics.json", summary)
     return summary

@@ -10,13 +10,17 @@
 around it that ``nstyle-stylize`` and batched sweeps share: which images at which size each
 stage sees (the style image's longest side is ``style_scale`` × the output's), colour
 preservation (Gatys et al. 2017: histogram matching of the style, or luminance-only transfer),
-the coarse-to-fine schedule (each stage starts from the previous result, upsampled), and each
-stage's memory mode (the fastest that fits: :func:`nstyle.memory.choose`).
+spatial control (Gatys et al. 2017: one mask per style image, aligned with the content, each
+resized to every stage), the coarse-to-fine schedule (each stage starts from the previous
+result, upsampled; Adam's moments are carried over, resized, L-BFGS restarts;
+:func:`multiscale_sizes` gives the √2 schedule), and each stage's memory mode (the fastest that
+fits: :func:`nstyle.memory.choose`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +49,8 @@ class TransferSettings:
     init: str = "content"  # content | noise | style | a path to an image
     preserve_color: str = "off"  # off | luminance | histogram
     seed: int = 0
+    masks: tuple[str, ...] | None = None  # spatial control: one mask per style image, aligned with the content
+    style_masks: tuple[str | None, ...] | None = None  # per style image, the region to take its style from
     # how the VGG passes keep their activations (nstyle.vgg.MEMORY_MODES); auto: per stage the
     # fastest mode whose estimate fits the memory available (nstyle.memory.choose)
     memory_mode: str = "auto"
@@ -66,6 +72,8 @@ class Inputs:
     content: np.ndarray | None  # (H, W, 3) or None
     styles: list[np.ndarray]  # [(h, w, 3)]
     init: np.ndarray | None  # an init image given as a file, else None
+    masks: np.ndarray | None = None  # (K, H_m, W_m) in [0, 1], one per style image
+    style_masks: list[np.ndarray | None] | None = None  # per style image, (h_k, w_k) in [0, 1] or None
 
 
 def load_inputs(s: TransferSettings) -> Inputs:
@@ -77,7 +85,52 @@ def load_inputs(s: TransferSettings) -> Inputs:
         init = images.load_image(s.init)  # a file: resized to the output at each stage
     elif s.init == "style" and not styles:
         raise UserError("init=style needs a style image (beta > 0 and style=PATH)")
-    return Inputs(content=content, styles=styles, init=init)
+    masks = None
+    if s.masks is not None:
+        if len(s.masks) != len(styles):
+            raise UserError(f"masks: {len(styles)} style images need {len(styles)} masks, got {len(s.masks)}")
+        if content is None:
+            raise UserError("masks are aligned with the content image; give content=PATH")
+        loaded = [load_mask(p, content.shape[:2], "content") for p in s.masks]
+        h, w = max(m.shape[0] for m in loaded), max(m.shape[1] for m in loaded)
+        masks = np.stack([images.resize(m[..., None], (h, w))[..., 0] for m in loaded])  # (K, H_m, W_m)
+    style_masks = None
+    if s.style_masks is not None:
+        if len(s.style_masks) != len(styles):
+            raise UserError(
+                f"style_masks: {len(styles)} style images need {len(styles)} entries, got {len(s.style_masks)}"
+            )
+        style_masks = [
+            None if p is None else load_mask(p, x.shape[:2], f"style {spec}")
+            for p, x, spec in zip(s.style_masks, styles, s.styles)
+        ]
+    return Inputs(content=content, styles=styles, init=init, masks=masks, style_masks=style_masks)
+
+
+MASK_ASPECT_TOLERANCE = 0.02  # a mask may differ this much in aspect ratio from its image (rounding of sizes)
+
+
+def load_mask(spec: str, image_hw: tuple[int, int], image_name: str) -> np.ndarray:
+    """A mask file as (h, w) float32 in [0, 1] (the mean of its colour channels; any size with
+    the aspect ratio of the image it belongs to, which is checked)."""
+    m = images.load_image(spec).mean(axis=-1)  # (h, w)
+    aspect, want = m.shape[1] / m.shape[0], image_hw[1] / image_hw[0]
+    if abs(aspect / want - 1) > MASK_ASPECT_TOLERANCE:
+        raise UserError(
+            f"mask {spec} is {m.shape[1]}×{m.shape[0]} px but the {image_name} image is {image_hw[1]}×{image_hw[0]}: "
+            f"a mask must have its image's aspect ratio (any size)"
+        )
+    if not np.any(m > 0):
+        raise UserError(f"mask {spec} is black everywhere: its style would apply nowhere")
+    return m.astype(np.float32)
+
+
+def multiscale_sizes(size: int, start: int = 128, factor: float = math.sqrt(2)) -> tuple[int, ...]:
+    """Stage sizes that grow by ``factor`` up to ``size``, the first about ``start`` px:
+    ``size / factor^k`` for k = K … 0 with K = round(log_factor(size / start)) (≥ 0).
+    256 -> (128, 181, 256); 512 -> (128, 181, 256, 362, 512); 160 -> (113, 160); 64 -> (64,)."""
+    k = max(0, round(math.log(size / start) / math.log(factor)))
+    return tuple(max(1, round(size / factor**i)) for i in range(k, -1, -1))
 
 
 def stage_shape(inputs: Inputs, size: int) -> tuple[int, int]:
@@ -113,6 +166,22 @@ def stage_images(s: TransferSettings, inputs: Inputs, size: int):
     return content, styles, init, shape
 
 
+def stage_masks(s: TransferSettings, inputs: Inputs, size: int):
+    """The masks for one stage: ``(masks (K, H, W) at the output's shape or None, style masks
+    [(h_k, w_k) | None] at each style image's shape or None)``."""
+    masks = None
+    if inputs.masks is not None:
+        shape = stage_shape(inputs, size)
+        masks = np.stack([images.resize(m[..., None], shape)[..., 0] for m in inputs.masks])
+    style_masks = None
+    if inputs.style_masks is not None:
+        style_masks = [
+            None if m is None else images.resize(m[..., None], style_shape(s, x, size))[..., 0]
+            for m, x in zip(inputs.style_masks, inputs.styles)
+        ]
+    return masks, style_masks
+
+
 def finish(s: TransferSettings, inputs: Inputs, x: np.ndarray) -> np.ndarray:
     """The optimised image -> the image to save (luminance mode puts the content's colour back)."""
     if s.preserve_color == "luminance":
@@ -145,10 +214,18 @@ def plan_stages(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: i
     """Per stage, the memory mode it runs in (:func:`nstyle.memory.choose` with ``s.memory_mode``)
     and its estimate; :class:`MemoryBudgetError`, naming a size that would fit, when a stage
     fits in no mode allowed."""
+    tiled = losses.tiled_supported(s.loss, s.masks is not None)
+    if s.memory_mode == "tiled" and not tiled:
+        raise UserError(
+            f"memory_mode=tiled computes the Gram style loss without masks only (loss.style_loss={s.loss.style_loss}"
+            f"{', masks given' if s.masks is not None else ''}); use memory_mode=auto or remat"
+        )
     plans = []
     for size in s.sizes:
         h, w = stage_shape(inputs, size)
-        plan = memory.choose(budget_bytes, h, w, s.loss.layers, s.arch, batch, s.memory_mode, **_estimate_kwargs(s))
+        plan = memory.choose(
+            budget_bytes, h, w, s.loss.layers, s.arch, batch, s.memory_mode, tiled, **_estimate_kwargs(s)
+        )
         styles_fit = plan is not None and all(
             memory.forward_bytes(*style_shape(s, x, size), s.loss.layers, s.arch, plan.mode, plan.tile) <= budget_bytes
             for x in inputs.styles
@@ -163,15 +240,17 @@ def _too_big(s: TransferSettings, inputs: Inputs, budget_bytes: int, batch: int,
     """The one-line refusal of a stage that fits in no allowed mode, with a size that would fit."""
     h, w = stage_shape(inputs, size)
     kw = _estimate_kwargs(s)
-    frugal = s.memory_mode if s.memory_mode != "auto" else "tiled"
+    tiled = losses.tiled_supported(s.loss, s.masks is not None)
+    frugal = s.memory_mode if s.memory_mode != "auto" else ("tiled" if tiled else "remat")
     tiles = memory.tiles_to_try(h, w, s.loss.layers, s.arch) if frugal == "tiled" else [None]
     need = min(memory.estimate(h, w, s.loss.layers, s.arch, batch, frugal, t, **kw) for t in tiles)
-    fit = memory.max_side_that_fits(budget_bytes, w / h, s.loss.layers, s.arch, batch, s.memory_mode, **kw)
+    mode = s.memory_mode if s.memory_mode != "auto" or tiled else "remat"
+    fit = memory.max_side_that_fits(budget_bytes, w / h, s.loss.layers, s.arch, batch, mode, **kw)
     if s.styles and s.style_scale > 1:
         fit = int(fit / s.style_scale)
     min_side = vgg.min_size(s.loss.layers, s.arch)
     hint = f"size={fit} would fit" if fit >= min_side else "no useful size fits"
-    how = f"in memory_mode={s.memory_mode}" if s.memory_mode != "auto" else "even in the tiled memory mode"
+    how = f"in memory_mode={s.memory_mode}" if s.memory_mode != "auto" else f"even in the {frugal} memory mode"
     return (
         f"size={size}: the run needs about {need / 2**30:.1f} GiB {how} but only "
         f"{budget_bytes / 2**30:.1f} GiB is available; {hint} (or raise max_memory_gb"
@@ -235,11 +314,13 @@ def run(
     key = jax.random.key(s.seed)
     stages: list[dict] = []
     history: dict[str, list] = {}
-    image, reason = None, "steps"
+    image, reason, opt_state = None, "steps", None
     for k, (size, steps, plan) in enumerate(zip(s.sizes, s.stage_steps, plans)):
         content, styles, init_file, shape = stage_images(s, inputs, size)
+        masks, style_masks = stage_masks(s, inputs, size)
         if image is not None:
             init = images.resize(image, shape)  # coarse to fine: the previous result, upsampled
+            opt_state = optimize.carry_state(s.optim, opt_state, shape)  # Adam's moments resized; L-BFGS: None
         else:
             init = init_file if init_file is not None else s.init
         r = optimize.stylize(
@@ -255,8 +336,11 @@ def run(
             callback=callback,
             memory=plan.mode,
             tile=plan.tile,
+            masks=masks,
+            style_masks=style_masks,
+            opt_state=opt_state,
         )
-        image = r.image
+        image, opt_state = r.image, r.opt_state
         for name, v in r.history.items():
             history.setdefault(name, []).extend(v)
         stages.append(

@@ -64,7 +64,19 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # torchvision: RGB in [0, 1], then (x - mean) / std
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
-POOLINGS = ("max", "avg")
+# avg_rescaled: average pooling times AVG_POOL_SCALE, which keeps the activations the size they
+# have with max pooling (averages are smaller than maxima, and the gap compounds with depth)
+POOLINGS = ("max", "avg", "avg_rescaled")
+PADDINGS = ("zero", "reflect", "replicate")  # of every 3×3 convolution's input, one pixel wide
+_PAD_MODE = {"reflect": "reflect", "replicate": "edge"}
+# Multiplier of each of the five average poolings for avg_rescaled: the ratio of the mean
+# activation after max pooling to that after average pooling at that stage, the earlier stages
+# already rescaled (tools/pool_scale.py; mean over builtin astronaut, chelsea, coffee and
+# rocket at 256 px).
+AVG_POOL_SCALE = {
+    "vgg19": (1.248, 1.701, 1.496, 2.154, 1.92),
+    "vgg16": (1.572, 1.978, 2.115, 2.138, 1.953),
+}
 MEMORY_MODES = ("plain", "remat", "remat_bf16", "tiled")
 DEFAULT_TILE = 1024  # tiled mode: side (px) of the image square each tile owns
 
@@ -135,16 +147,29 @@ def preprocess(images: jax.Array, preprocessing: str) -> jax.Array:
     raise ValueError(f"unknown preprocessing '{preprocessing}' (expected 'caffe' or 'torchvision')")
 
 
-def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, backward_kernel: jax.Array | None = None) -> jax.Array:
-    """3×3 convolution, stride 1, zero padding 1, + bias: (B, H, W, C_in) -> (B, H, W, C_out).
+def _conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    backward_kernel: jax.Array | None = None,
+    padding: str = "zero",
+) -> jax.Array:
+    """3×3 convolution, stride 1, padding 1 (``zero``, ``reflect`` or ``replicate``), + bias:
+    (B, H, W, C_in) -> (B, H, W, C_out).
 
-    ``backward_kernel``: the kernel of the input gradient, precomputed (:func:`with_backward_kernels`).
+    ``backward_kernel``: the kernel of the input gradient, precomputed (:func:`with_backward_kernels`);
+    used with zero padding (the others pad explicitly and leave the gradient to autodiff).
     A bfloat16 ``x`` is convolved with bfloat16 weights, accumulated and biased in float32.
     """
     if x.shape[-1] <= 4:  # conv1_1 (RGB in): one (B·H·W, 27) × (27, 64) matmul on the 9 shifted copies
-        return _conv_im2col(x, kernel, bias)
+        return _conv_im2col(x, kernel, bias, padding)
     kernel = kernel.astype(x.dtype)
-    if backward_kernel is None:
+    if padding != "zero":
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=_PAD_MODE[padding])  # (B, H+2, W+2, C_in)
+        y = jax.lax.conv_general_dilated(
+            xp, kernel, window_strides=(1, 1), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    elif backward_kernel is None:
         y = _lax_conv(x, kernel)
     else:
         y = _conv_given_backward(x, kernel, backward_kernel.astype(x.dtype))
@@ -234,7 +259,7 @@ def with_backward_kernels(params: VGGParams, layers: Iterable[str] | None = None
     )
 
 
-def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str = "zero") -> jax.Array:
     """The same convolution as a matmul over explicit 3×3 patches.
 
     For 3 input channels a convolution has little work per output and runs at a fraction of the
@@ -243,7 +268,8 @@ def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     up to float32 summation order.
     """
     b, h, w, c = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    pad = ((0, 0), (1, 1), (1, 1), (0, 0))
+    xp = jnp.pad(x, pad) if padding == "zero" else jnp.pad(x, pad, mode=_PAD_MODE[padding])
     patches = jnp.concatenate(
         [xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1
     )  # (B, H, W, 9C)
@@ -252,44 +278,53 @@ def _conv_im2col(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     return y + bias.astype(y.dtype)
 
 
-def _pool(x: jax.Array, pooling: str) -> jax.Array:
+def _pool(x: jax.Array, pooling: str, scale: float = 1.0) -> jax.Array:
     window, strides = (1, 2, 2, 1), (1, 2, 2, 1)
     if pooling == "max":
         return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, "VALID")
     if pooling == "avg":
         return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "VALID") * 0.25
+    if pooling == "avg_rescaled":
+        return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "VALID") * (0.25 * scale)
     raise ValueError(f"unknown pooling '{pooling}' (expected one of {', '.join(POOLINGS)})")
 
 
-def _check(images: jax.Array, pooling: str) -> None:
+def _check(images: jax.Array, pooling: str, padding: str = "zero") -> None:
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be (B, H, W, 3) RGB, got shape {tuple(images.shape)}")
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling '{pooling}' (expected one of {', '.join(POOLINGS)})")
+    if padding not in PADDINGS:
+        raise ValueError(f"unknown padding '{padding}' (expected one of {', '.join(PADDINGS)})")
 
 
-def _stage(params: VGGParams, stage: str, x: jax.Array, pooling: str) -> jax.Array:
+def _stage(params: VGGParams, stage: str, x: jax.Array, pooling: str, padding: str = "zero") -> jax.Array:
     """One named stage: a pool, or a conv and its ReLU; a bfloat16 ``x`` stays bfloat16."""
     if stage.startswith("pool"):
-        return _pool(x, pooling)  # (B, h/2, w/2, C)
+        return _pool(x, pooling, AVG_POOL_SCALE[params.arch][int(stage[4]) - 1])  # (B, h/2, w/2, C)
     p = params.convs[stage]
     kt = params.backward_kernels.get(stage) if params.backward_kernels is not None else None
-    return jax.nn.relu(_conv(x, p["kernel"], p["bias"], kt)).astype(x.dtype)  # (B, h, w, C_out)
+    return jax.nn.relu(_conv(x, p["kernel"], p["bias"], kt, padding)).astype(x.dtype)  # (B, h, w, C_out)
 
 
-def features(params: VGGParams, images: jax.Array, layers: Sequence[str], pooling: str = "max") -> dict[str, jax.Array]:
+def features(
+    params: VGGParams, images: jax.Array, layers: Sequence[str], pooling: str = "max", padding: str = "zero"
+) -> dict[str, jax.Array]:
     """Responses of the named ``layers`` for RGB ``images`` in [0, 1].
 
     Args:
       params: weights from :func:`nstyle.weights.load`.
       images: (B, H, W, 3) RGB in [0, 1].
       layers: names such as ``("conv1_1", "relu4_2", "pool3")``; static under jit.
-      pooling: ``"max"`` (the trained network) or ``"avg"`` (Gatys et al.'s recommendation).
+      pooling: ``"max"`` (the trained network), ``"avg"`` (Gatys et al.'s recommendation) or
+        ``"avg_rescaled"`` (average pooling scaled to max pooling's activation sizes).
+      padding: of the convolutions' inputs: ``"zero"`` (the trained network), ``"reflect"``
+        or ``"replicate"`` (no dark frame for the borders to imitate).
 
     Returns:
       ``{name: (B, h, w, C)}`` keyed by the names exactly as given.
     """
-    _check(images, pooling)
+    _check(images, pooling, padding)
     layers = tuple(layers)
     if not layers:
         return {}
@@ -300,7 +335,7 @@ def features(params: VGGParams, images: jax.Array, layers: Sequence[str], poolin
     x = preprocess(images, params.preprocessing)  # (B, H, W, 3)
     out: dict[str, jax.Array] = {}
     for stage in stage_order(params.arch):
-        x = _stage(params, stage, x, pooling)
+        x = _stage(params, stage, x, pooling, padding)
         for name in wanted.get(stage, ()):
             out[name] = x
         if stage == last:
@@ -331,6 +366,7 @@ def map_features(
     fn: Callable[[str, jax.Array], Any],
     pooling: str = "max",
     memory: str = "plain",
+    padding: str = "zero",
 ) -> dict[str, Any]:
     """``{name: fn(name, response)}`` for the named ``layers`` of RGB ``images`` (B, H, W, 3) in [0, 1].
 
@@ -343,8 +379,8 @@ def map_features(
     if memory not in MEMORY_MODES:
         raise ValueError(f"unknown memory mode '{memory}' (expected one of {', '.join(MEMORY_MODES)})")
     if memory == "plain":
-        return {name: fn(name, f) for name, f in features(params, images, layers, pooling).items()}
-    _check(images, pooling)
+        return {name: fn(name, f) for name, f in features(params, images, layers, pooling, padding).items()}
+    _check(images, pooling, padding)
     layers = tuple(layers)
     if not layers:
         return {}
@@ -359,7 +395,7 @@ def map_features(
         def run(x, block_params, block=block):
             res = {}
             for stage in block:
-                x = _stage(block_params, stage, x, pooling)  # (B, h, w, C)
+                x = _stage(block_params, stage, x, pooling, padding)  # (B, h, w, C)
                 for name in wanted.get(stage, ()):
                     res[name] = fn(name, x)
             return x, res
@@ -490,6 +526,7 @@ def map_tiles(
     pooling: str = "max",
     tile: int = DEFAULT_TILE,
     recompute: bool = False,
+    padding: str = "zero",
 ) -> list[dict[str, Any]]:
     """Per tile of :func:`tiles`, ``{name: fn(name, owned, where)}``: ``owned`` is the part of the
     response (B, h, w, C) at ``name`` that the tile owns, ``where`` its (row, col) slices in the
@@ -500,14 +537,14 @@ def map_tiles(
     (:func:`recompute_in_backward`), so differentiating the tiles' results costs one tile's
     memory too.
     """
-    _check(images, pooling)
+    _check(images, pooling, padding)
     layers = tuple(layers)
     out: list[dict[str, Any]] = []
     tie = None
     for t in tiles(images.shape[1:3], layers, params.arch, tile):
 
         def run(window, t=t):
-            feats = features(params, window, layers, pooling)
+            feats = features(params, window, layers, pooling, padding)
             res = {}
             for name in layers:
                 (wr, wc), where = t.owned(name, params.arch)
@@ -532,13 +569,18 @@ def _zero_after(tree) -> jax.Array:
 
 
 def features_tiled(
-    params: VGGParams, images: jax.Array, layers: Sequence[str], pooling: str = "max", tile: int = DEFAULT_TILE
+    params: VGGParams,
+    images: jax.Array,
+    layers: Sequence[str],
+    pooling: str = "max",
+    tile: int = DEFAULT_TILE,
+    padding: str = "zero",
 ) -> dict[str, jax.Array]:
     """:func:`features`, computed tile by tile (:func:`map_tiles`): the same responses, with one
     tile's activations in memory at a time instead of the whole image's."""
     layers = tuple(layers)
     grid = tiles(images.shape[1:3], layers, params.arch, tile)
-    parts = map_tiles(params, images, layers, lambda name, owned, where: owned, pooling, tile)
+    parts = map_tiles(params, images, layers, lambda name, owned, where: owned, pooling, tile, padding=padding)
     ncols = len({t.own_cols for t in grid})
     out = {}
     for name in layers:

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from nstyle import fastnet, images
+from nstyle import color, fastnet, images
 from nstyle.cli import apply
 
 ROOT = Path(__file__).resolve().parent.parent
-NET = fastnet.FastNetConfig(width=4, blocks=1)
+NET = fastnet.FastNetConfig(width=4, blocks=1, output="linear")  # an untrained residual net is the identity
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,61 @@ def test_one_image_any_size_with_metadata(tmp_path, model, photo):
     assert len(meta["model_sha256"]) == 64 and meta["images"][0]["size"] == [33, 50]
 
 
+@pytest.fixture(scope="module")
+def multi_model(tmp_path_factory):
+    """A 3-style model whose styles differ (each conditional norm's rows perturbed)."""
+    cfg = fastnet.FastNetConfig(width=4, blocks=1, styles=3, output="linear")
+    params = fastnet.init(cfg, jax.random.key(0))
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, v: (
+            v + 0.5 * jax.random.normal(jax.random.key(len(str(path))), v.shape)
+            if "ConditionalInstanceNorm" in str(path)
+            else v
+        ),
+        params,
+    )
+    path = tmp_path_factory.mktemp("multi") / "three.npz"
+    fastnet.export_model(path, cfg, params, {"styles": ["a.jpg", "b.jpg", "c.jpg"]})
+    return path, cfg, params
+
+
+def test_style_weights_pick_or_mix_the_styles_of_a_multi_style_model(tmp_path, multi_model, photo):
+    src, _ = photo
+    x = images.load_image(src)[None]
+    path, cfg, params = multi_model
+    for name, weights, want in [
+        ("b.png", "[0,1,0]", np.array([0.0, 1.0, 0.0])),
+        ("mix.png", "[1,1,0]", np.array([0.5, 0.5, 0.0])),  # normalised to sum 1
+    ]:
+        out = tmp_path / name
+        assert apply.main([f"model={path}", f"input={src}", f"output={out}", f"style_weights={weights}"]) == 0
+        expected = np.asarray(fastnet.stylize(cfg, params, x, want))[0]
+        np.testing.assert_allclose(images.load_image(out), expected, atol=1 / 255 + 1e-6)
+        assert json.loads((tmp_path / f"{name}.json").read_text())["style_weights"] == want.tolist()
+    assert np.mean(np.abs(images.load_image(tmp_path / "b.png") - images.load_image(tmp_path / "mix.png"))) > 0.01
+
+
+def test_preserve_color_keeps_the_photos_colours(tmp_path, model, photo):
+    src, _ = photo
+    img = images.load_image(src)
+    plain, lum, hist = tmp_path / "plain.png", tmp_path / "lum.png", tmp_path / "hist.png"
+    assert apply.main([f"model={model[0]}", f"input={src}", f"output={plain}"]) == 0
+    assert apply.main([f"model={model[0]}", f"input={src}", f"output={lum}", "preserve_color=luminance"]) == 0
+    assert apply.main([f"model={model[0]}", f"input={src}", f"output={hist}", "preserve_color=histogram"]) == 0
+    plain, lum, hist = (images.load_image(p) for p in (plain, lum, hist))
+    # luminance: the result's Y with the photo's I and Q (where no channel was clipped)
+    yiq_l, yiq_p = color.rgb_to_yiq(lum.astype(np.float64)), color.rgb_to_yiq(img.astype(np.float64))
+    inside = np.all((lum > 2 / 255) & (lum < 253 / 255), axis=-1)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(yiq_l[..., 0][inside], color.luminance(plain)[inside], atol=3 / 255)
+    np.testing.assert_allclose(yiq_l[..., 1:][inside], yiq_p[..., 1:][inside], atol=3 / 255)
+    # histogram: the result's colour mean and covariance are the photo's
+    flat = lambda a: a.reshape(-1, 3).astype(np.float64)  # noqa: E731
+    assert np.abs(flat(hist).mean(0) - flat(img).mean(0)).max() < 0.02
+    np.testing.assert_allclose(np.cov(flat(hist), rowvar=False), np.cov(flat(img), rowvar=False), atol=3e-3)
+    assert np.abs(flat(plain).mean(0) - flat(img).mean(0)).max() > 0.02  # (the untrained net changes them)
+
+
 def test_folder_in_folder_out_skips_unreadable(tmp_path, model, photo):
     src = tmp_path / "photos"
     (src / "sub").mkdir(parents=True)
@@ -61,8 +116,9 @@ def test_folder_in_folder_out_skips_unreadable(tmp_path, model, photo):
     assert len(meta["images"]) == 2 and len(meta["skipped"]) == 1 and "bad.png" in meta["skipped"][0]["input"]
 
 
-def test_refusals(tmp_path, model, photo, capsys):
+def test_refusals(tmp_path, model, multi_model, photo, capsys):
     src, _ = photo
+    multi, out = multi_model[0], f"output={tmp_path / 'o.png'}"
     existing = tmp_path / "exists.png"
     existing.write_bytes(b"keep me")
     not_model = tmp_path / "weights.npz"
@@ -74,6 +130,12 @@ def test_refusals(tmp_path, model, photo, capsys):
         ([f"model={model[0]}", f"input={src}", f"output={tmp_path / 'o.xyz'}"], "cannot write images"),
         ([f"model={model[0]}", f"input={src}"], "missing output"),
         ([f"modle={model[0]}", f"input={src}", f"output={tmp_path / 'o.png'}"], "unknown argument"),
+        ([f"model={model[0]}", f"input={src}", out, "preserve_color=yes"], "must be one"),
+        ([f"model={model[0]}", f"input={src}", out, "style_weights=[1,x]"], "numbers"),
+        ([f"model={model[0]}", f"input={src}", out, "style_weights=[1,1]"], "one style"),
+        ([f"model={multi}", f"input={src}", out], "holds 3 styles (a.jpg, b.jpg"),
+        ([f"model={multi}", f"input={src}", out, "style_weights=[1,0]"], "has 2 weights but"),
+        ([f"model={multi}", f"input={src}", out, "style_weights=[0,0,0]"], "not all zero"),
     ]
     for args, words in cases:
         assert apply.main(args) == 2, args

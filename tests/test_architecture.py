@@ -11,8 +11,8 @@ import nstyle
 PKG = Path(nstyle.__file__).resolve().parent
 
 PUBLIC = [
-    "color", "data", "fastnet", "images", "losses", "lpips", "memory", "metrics", "optimize", "runinfo", "train",
-    "transfer", "vgg", "weights",
+    "color", "data", "distributed", "fastnet", "images", "losses", "lpips", "memory", "metrics", "optimize", "runinfo",
+    "train", "transfer", "vgg", "weights",
     "FastNetConfig", "OptimConfig", "PerceptualLoss", "TrainConfig", "TransferSettings", "UserError", "features",
     "load_image", "load_model", "lpips_distance", "perceptual_loss", "save_image", "stylize", "stylize_batch",
     "__version__",

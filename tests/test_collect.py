@@ -164,3 +164,52 @@ def test_value_labels():
     assert collect.value_label("loss.style_layers", "[conv1_1,conv2_1,conv3_1]") == "conv1_1…conv3_1"
     assert collect.value_label("loss.style_layers", "[conv1_1]") == "conv1_1"
     assert collect.value_label("optim", "adam") == "adam"
+
+
+def _fake_slurm(bin_dir: Path, squeue: dict[str, str], sacct: dict[str, str]) -> None:
+    """``squeue`` and ``sacct`` stand-ins that answer from fixed tables, the way SLURM 22 does
+    (``squeue -j`` fails with "Invalid job id" when it knows none of the ids)."""
+    bin_dir.mkdir()
+    for name, table, fail in (("squeue", squeue, True), ("sacct", sacct, False)):
+        script = bin_dir / name
+        script.write_text(
+            "#!" + sys.executable + "\n"
+            "import sys\n"
+            f"table = {table!r}\n"
+            "ids = sys.argv[sys.argv.index('-j') + 1].split(',')\n"
+            "rows = [f'{i}|{table[i]}' for i in ids if i in table]\n"
+            f"if not rows and {fail}:\n"
+            "    sys.exit('slurm_load_jobs error: Invalid job id specified')\n"
+            "print('\\n'.join(rows))\n"
+        )
+        script.chmod(0o755)
+
+
+def test_slurm_jobs_are_classified_by_what_slurm_says(tmp_path: Path, monkeypatch):
+    s = tmp_path / "sweep"
+    s.mkdir()
+    other = {"host": "another-node", "pid": 1}  # a host where no pid can be checked
+    _job(s, {"seed": 0}, 0, status={"status": "running", "slurm_job": "7_0", **other})
+    _job(s, {"seed": 1}, 1, status={"status": "running", "slurm_job": "7_1", **other})
+    _job(s, {"seed": 2}, 2, status={"status": "pending", "slurm_job": "7_2", **other})
+    # submitted, never started: only the launcher's record, no .hydra/
+    (s / "seed=3").mkdir()
+    (s / "seed=3" / jobs.STATUS_FILE).write_text(
+        json.dumps({"status": "pending", "slurm_job": "7_3", "overrides": ["seed=3"], "num": 3, **other})
+    )
+    _job(s, {"seed": 4}, 4, status={"status": "running", "slurm_job": "7_4", **other})
+    _fake_slurm(
+        tmp_path / "bin",
+        squeue={"7_0": "RUNNING", "7_1": "CANCELLED", "7_2": "PENDING"},
+        sacct={"7_4": "OUT_OF_MEMORY"},  # long finished: only the accounting database remembers it
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{__import__('os').environ['PATH']}")
+    by_num = {j.num: j for j in collect.scan(s)}
+    assert [by_num[n].status for n in range(5)] == ["running", "died", "pending", "died", "died"]
+    assert "CANCELLED" in by_num[1].error and "OUT_OF_MEMORY" in by_num[4].error
+    assert "cancelled before it started" in by_num[3].error and by_num[3].overrides == {"seed": "3"}
+    summary = collect.summarize(s, evaluate=False)
+    assert summary.counts["died"] == 3 and "7_3" in summary.report()
+    # without SLURM to ask, the records stand
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert [j.status for j in collect.scan(s)] == ["running", "running", "pending", "pending", "running"]

@@ -3,6 +3,7 @@ them from there, and the YAML presets that restate a default agree with it."""
 
 import dataclasses
 import enum
+import re
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -84,3 +85,16 @@ def test_weights_are_checked_as_typed():
         schema.stylize_settings(_compose("config", ["loss.alpha=nan"]))
     with pytest.raises(schema.UserError, match="loss.content_weight must be a finite number >= 0, got inf"):
         schema.train_settings(_compose("train", ["style=a.jpg", "data=d", "loss.content_weight=inf"]))
+
+
+def test_train_style_list_normalisation_and_output_keys():
+    cfg = schema.train_settings(_compose("train", ["style=[a.jpg,b.jpg]", "data=d", "net.output=tanh"]))
+    assert cfg.styles == ("a.jpg", "b.jpg") and cfg.net.output == "tanh"
+    assert schema.train_settings(_compose("train", ["style=a.jpg", "data=d"])).styles == ("a.jpg",)
+    for override, words in [
+        ("style=[a.jpg,a.jpg]", "names an image twice"),
+        ("net.output=sigmoid", "unknown output 'sigmoid'"),
+    ]:
+        args = [override] if override.startswith("style=") else ["style=a.jpg", override]
+        with pytest.raises(schema.UserError, match=re.escape(words)):
+            schema.train_settings(_compose("train", [*args, "data=d"]))

@@ -171,8 +171,8 @@ def test_slurm_launcher_config_composes_without_launching():
 
     cfg = _compose_stylize(["experiment=alpha_beta_grid", "+launcher=slurm", "hydra.launcher.partition=gpu"])
     lc = cfg.hydra.launcher
-    assert lc._target_.endswith("submitit_launcher.SlurmLauncher")
-    assert lc.partition == "gpu" and lc.gpus_per_node == 1 and lc.array_parallelism >= 20
+    assert lc._target_ == "hydra_plugins.nstyle_launcher.slurm.SlurmLauncher"  # submitit's, extended
+    assert lc.partition == "gpu" and lc.gpus_per_node is None and lc.array_parallelism >= 20  # CPU-only clusters too
     assert str(lc.submitit_folder).endswith("/.submitit/%j")
     launcher = instantiate(lc)  # builds the plugin object; nothing is submitted
     assert type(launcher).__name__ == "SlurmLauncher"

@@ -309,7 +309,8 @@ def _copy(src: Path, dst: Path) -> Path:
     "change, named",
     [
         (["style=builtin:astronaut"], "style_sha256="),
-        (["loss.style_weight=5e9"], "loss.style_weight=10000000000.0 there, 5000000000.0 now"),
+        (["style=[builtin:chelsea,builtin:coffee]"], "style_sha256="),  # one style then, two now
+        (["loss.style_weight=5"], "loss.style_weight=1.0 there, 5.0 now"),
         (["optim.lr=1e-4"], "optim.lr="),
         (["net.upsample=transpose"], "net.upsample=nearest there, transpose now"),
     ],

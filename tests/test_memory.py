@@ -74,6 +74,38 @@ def test_tiled_gives_the_plain_loss_and_gradient(vgg19):
     assert np.linalg.norm(g1 - g0) / np.linalg.norm(g0) < 1e-5
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"padding": "reflect", "pooling": "avg_rescaled"},
+        {"padding": "replicate", "normalize": True},
+    ],
+)
+def test_memory_modes_follow_padding_pooling_and_normalisation(vgg19, change):
+    """remat and tiled compute the same loss for the other paddings, the rescaled average
+    pooling and the normalised terms (the tiles' halo absorbs any padding, as it does zeros)."""
+    loss = dataclasses.replace(SHALLOW, **change)
+    params = vgg.with_backward_kernels(vgg19)
+    x, targets = _problem(params, loss, (96, 88))
+    v0, g0 = _value_and_grad(params, loss, x, targets)
+    for kw in ({"memory": "remat"}, {"memory": "tiled", "tile": 32}):
+        v1, g1 = _value_and_grad(params, loss, x, targets, **kw)
+        assert v1 == pytest.approx(v0, rel=1e-6), kw
+        assert np.linalg.norm(g1 - g0) / np.linalg.norm(g0) < 1e-5, kw
+    # and differently from the zero-padded, max-pooled, unnormalised loss: the option is used
+    v_base, _ = _value_and_grad(params, SHALLOW, x, _problem(params, SHALLOW, (96, 88))[1])
+    assert abs(v_base - v0) > 1e-3 * abs(v0)
+
+
+def test_tiled_mode_refuses_the_losses_it_cannot_sum(vgg19):
+    loss = dataclasses.replace(SHALLOW, style_loss="meanstd")
+    assert not losses.tiled_supported(loss, False) and not losses.tiled_supported(SHALLOW, True)
+    assert losses.tiled_supported(SHALLOW, False)
+    x, targets = _problem(vgg19, loss, (48, 48))
+    with pytest.raises(ValueError, match="Gram style losses without masks"):
+        losses.perceptual_loss(vgg19, x, targets, loss, memory="tiled", tile=32)
+
+
 def test_tiled_windows_need_their_reach(vgg19, monkeypatch):
     """The same comparison with windows 4 px short of what the deepest layer looks at fails: the
     halo is what makes the tiles exact."""

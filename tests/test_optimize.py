@@ -361,3 +361,37 @@ def test_lbfgs_blow_up_restarts_from_the_best_image_and_recovers(vgg19, tiny):
     assert max(blow.history["loss"]) > optimize.RESTART_FACTOR * start  # the blow-up did happen
     calm = optimize.stylize(vgg19, SHALLOW, content=tiny["content"], styles=[tiny["style"]], optim=OptimConfig(steps=5))
     assert calm.restarts == 0  # ordinary runs never restart
+
+
+SPLIT_OVER_TWO_DEVICES = """
+import jax, numpy as np
+from nstyle import distributed, images, losses, optimize, weights
+assert jax.device_count() == 2, jax.devices()
+params = weights.load("vgg19")
+loss = losses.PerceptualLoss(content_layers=("conv1_2",), style_layers=("conv1_1",), style_weights=(1.0,), beta=1e4)
+kw = dict(content=images.load_image("builtin:chelsea", 24), styles=[images.load_image("builtin:ihc", 24)],
+          weights={"beta": np.array([1e3, 1e4, 1e5], np.float32)}, init="noise", key=jax.random.key(1),
+          optim=optimize.OptimConfig(steps=5))
+split = optimize.stylize_batch(params, loss, mesh=distributed.make_mesh(), **kw)   # 3 images padded to 4
+alone = optimize.stylize_batch(params, loss, **kw)                                 # one device
+assert split.images.shape == alone.images.shape == (3, 16, 24, 3), split.images.shape
+np.testing.assert_array_equal(images.to_uint8(split.images), images.to_uint8(alone.images))
+for k in alone.history:
+    np.testing.assert_allclose(split.history[k], alone.history[k], rtol=1e-6, err_msg=k)
+assert split.evals.tolist() == alone.evals.tolist() == [5, 5, 5]
+print("SPLIT_OK", np.abs(split.images - alone.images).max())
+"""
+
+
+def test_a_batch_split_over_two_devices_gives_the_pixels_of_one_device():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run(
+        [sys.executable, "-c", SPLIT_OVER_TWO_DEVICES], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0 and "SPLIT_OK" in r.stdout, r.stdout[-500:] + r.stderr[-3000:]

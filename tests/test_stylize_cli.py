@@ -128,6 +128,15 @@ def test_sweep_composes_and_runs_two_tiny_jobs(tmp_path):
         losses.append(m["final_loss"])
     assert losses[0] < losses[1]  # β = 1e4 weighs the style 100× more
 
+    # a job of a SLURM sweep run again (nstyle's launcher skips completed records; a job whose
+    # record was lost still holds a finished result) skips itself; a half-written one runs again
+    from nstyle.cli import stylize
+
+    first, second = (sweep / j for j in jobs)
+    assert stylize.finished_result(first)["final_loss"] == losses[0]
+    (second / "metrics.json").unlink()  # killed between its two result files
+    assert stylize.finished_result(second) is None
+
 
 def test_misspelt_key_is_one_clear_hydra_error(tmp_path):
     p = cli("debug=tiny", "loss.alpah=1", f"hydra.run.dir={tmp_path / 'x'}")

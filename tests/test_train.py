@@ -160,7 +160,7 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
 def test_mse_unit_weights_equal_the_pytorch_formulation():
     """perceptual_loss_for turns MSE weights into METHOD.md sums: check against numpy MSEs."""
     params = weights.load("vgg16")
-    cfg = train.TrainLoss(content_weight=3.0, style_weight=7.0, tv_weight=2.0)
+    cfg = train.TrainLoss(normalize=False, content_weight=3.0, style_weight=7.0, tv_weight=2.0)
     loss, _ = train.perceptual_loss_for(cfg, 32, params)
     k = jax.random.split(jax.random.key(0), 3)
     x, y, s = (jax.random.uniform(kk, (1, 32, 32, 3)) for kk in k)
@@ -181,6 +181,98 @@ def test_mse_unit_weights_equal_the_pytorch_formulation():
     yy = np.asarray(y, np.float64)[0]
     want += 2.0 * (np.sum(np.diff(yy, axis=0) ** 2) + np.sum(np.diff(yy, axis=1) ** 2)) / yy.size
     assert float(total[0]) == pytest.approx(want, rel=1e-3)
+
+
+def test_normalised_loss_is_each_layers_relative_error():
+    """normalize=True: content Σ(F−P)²/ΣP² per image, style Σ(G/M−Â)²/ΣÂ² per layer, TV in MSE units."""
+    params = weights.load("vgg16")
+    cfg = train.TrainLoss(content_weight=3.0, style_weight=7.0, tv_weight=2.0)
+    assert cfg.normalize is True
+    loss, _ = train.perceptual_loss_for(cfg, 32, params)
+    k = jax.random.split(jax.random.key(0), 4)
+    x, y = (jax.random.uniform(kk, (2, 32, 32, 3)) for kk in k[:2])
+    s = jax.random.uniform(k[2], (1, 40, 36, 3))  # a style image of another size
+    targets = losses.Targets(losses.content_targets(params, x, loss), losses.style_targets(params, [s], loss))
+    total, terms = train.training_loss(params, y, targets, loss, "target")
+    fy = vgg.features(params, y, loss.layers, "max")
+    fx = vgg.features(params, x, loss.layers, "max")
+    fs = vgg.features(params, s, loss.layers, "max")
+
+    def mean_gram(f):  # (h, w, N) -> (N, N), G / M
+        f = np.asarray(f, np.float64).reshape(-1, f.shape[-1])
+        return f.T @ f / f.shape[0]
+
+    for b in range(2):
+        fyb = {l: np.asarray(v[b], np.float64) for l, v in fy.items()}
+        p = np.asarray(fx["relu2_2"][b], np.float64)
+        content = 3.0 * np.sum((fyb["relu2_2"] - p) ** 2) / np.sum(p**2)
+        style = 7.0 * sum(
+            np.sum((mean_gram(fyb[l]) - mean_gram(fs[l][0])) ** 2) / np.sum(mean_gram(fs[l][0]) ** 2)
+            for l in loss.style_layers
+        )
+        yy = np.asarray(y[b], np.float64)
+        tv = 2.0 * (np.sum(np.diff(yy, axis=0) ** 2) + np.sum(np.diff(yy, axis=1) ** 2)) / yy.size
+        assert float(terms["content"][b]) == pytest.approx(content, rel=1e-4)
+        assert float(terms["style"][b]) == pytest.approx(style, rel=1e-3)
+        assert float(terms["tv"][b]) == pytest.approx(tv, rel=1e-4)
+        assert float(total[b]) == pytest.approx(content + style + tv, rel=1e-3)
+
+
+def test_style_indices_share_the_photos_equally_and_depend_only_on_the_step():
+    got = np.stack([np.asarray(train.style_indices(jax.numpy.int32(t), 4, 3)) for t in range(3)])
+    np.testing.assert_array_equal(got, [[0, 1, 2, 0], [1, 2, 0, 1], [2, 0, 1, 2]])
+    assert np.bincount(got.ravel(), minlength=3).tolist() == [4, 4, 4]
+
+
+def test_multi_style_training_gives_each_style_its_own_output(tmp_path, photo_dir):
+    """style=[a, b]: one network, a scale and shift per style; trained, each style's output is its own."""
+
+    # two generated paintings that differ plainly: red and blue noise
+    rng = np.random.default_rng(0)
+    styles = []
+    for name, channel in (("red", 0), ("blue", 2)):
+        img = np.zeros((32, 32, 3), np.float32)
+        img[..., channel] = rng.uniform(0.3, 1.0, (32, 32))
+        styles.append(str(images.save_image(tmp_path / f"{name}.png", img)))
+    cfg = train.TrainConfig(
+        style=styles,
+        data=str(photo_dir),
+        size=32,
+        steps=200,
+        batch=2,
+        net=fastnet.FastNetConfig(width=8, blocks=1),
+        optim=train.LRSchedule(lr=3e-3),
+        log_every=20,
+        sample_every=200,
+        checkpoint_every=200,
+        validation=("builtin:chelsea",),
+        sample_size=32,
+        progress=False,
+    )
+    train.train(cfg, tmp_path / "run")
+    net, params, meta = fastnet.load_model(tmp_path / "run" / "model.npz")
+    assert net.styles == 2 and meta["styles"] == styles
+    x = jax.numpy.asarray(images.load_image("builtin:astronaut", max_side=48)[None, :32, :32])  # (1, 32, 32, 3)
+    outs = [fastnet.stylize(net, params, x, np.eye(2)[k]) for k in range(2)]
+    # at init every style's parameters are equal (scale 1, shift 0): a difference is learnt
+    assert float(jax.numpy.mean(jax.numpy.abs(outs[0] - outs[1]))) > 0.005
+    # the style term of the training loss: each style's output is nearer its own style than the other output
+    vp = weights.load("vgg16")
+    loss, _ = train.perceptual_loss_for(cfg.loss, 32, vp)
+    table = train.style_table(vp, [images.load_image(s, max_side=32) for s in styles], loss)
+    content = losses.content_targets(vp, x, loss)
+
+    def style_term(out, j):
+        targets = losses.Targets(content, {layer: a[j : j + 1] for layer, a in table.items()})
+        return float(train.training_loss(vp, out, targets, loss, "target")[1]["style"][0])
+
+    d = [[style_term(o, j) for j in range(2)] for o in outs]  # d[k][j]: style k's output against style j
+    assert d[0][0] + d[1][1] < 0.95 * (d[0][1] + d[1][0]), d  # matched beats swapped
+    red, blue = (np.asarray(o)[0].mean(axis=(0, 1)) for o in outs)  # (3,) mean colours
+    assert red[0] - red[2] > blue[0] - blue[2] + 0.1, (red, blue)  # the red style's output is the redder
+    sample = images.load_image(tmp_path / "run" / "samples" / "step_0000200.png")
+    row = images.load_image("builtin:chelsea", max_side=32).shape[0]
+    assert sample.shape[0] >= 3 * row  # the validation row and one row per style
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -211,6 +303,9 @@ def test_debug_training_learns_and_a_killed_run_resumes_to_the_same_parameters(t
         "log_every=1",
         "sample_every=6",
         "keep_checkpoints=2",
+        # the linear head starts as noise, so 12 steps show a clear fall; the residual default starts
+        # at the photo itself and its loss in 12 steps is mostly batch noise
+        "net.output=linear",
     ]
     straight = tmp_path / "straight"
     _run(common + [f"hydra.run.dir={straight}"], cache_env)

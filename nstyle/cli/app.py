@@ -24,7 +24,7 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
-from nstyle import _io, _rundir
+from nstyle import _io, _rundir, distributed
 from nstyle._errors import UserError
 from nstyle.cli import schema
 from nstyle.cli.errors import fail, message
@@ -188,16 +188,19 @@ class RunDir:
     Run mode: ``hydra.run.dir``; without one on the command line the default
     (``outputs/<cmd>/<time>``) is made unique (``_2``, ``_3``, ...). Multirun: the same for
     ``hydra.sweep.dir``. The lock (:mod:`nstyle._rundir`) is held until the command ends.
+    Of the processes of a multi-process run (:mod:`nstyle.distributed`), process 0 creates,
+    locks and, after a failure, removes the directory; the others only use it.
     """
 
     def __init__(self, cfg, argv: Sequence[str], multirun: bool):
         self.key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
         self.multirun = multirun
+        self.shared = distributed.launch_rank()[0] > 0
         wanted = Path(_select(cfg, self.key)).expanduser()
         self.explicit = _given(argv, self.key)
         self.existed = self.explicit and wanted.exists()
         self.new_parents = [p for p in wanted.absolute().parents if not p.exists()]  # removed again on failure
-        if self.explicit:
+        if self.explicit or self.shared:  # (the other processes of a run are given process 0's)
             self.path = wanted
         else:
             try:
@@ -212,6 +215,9 @@ class RunDir:
 
     def lock(self) -> None:
         """Take the directory's lock (:func:`nstyle._rundir.acquire`), creating it if needed."""
+        if self.shared:  # process 0 of this run holds it
+            self.path.mkdir(parents=True, exist_ok=True)
+            return
         try:
             _rundir.acquire(self.path)
         except UserError:
@@ -231,6 +237,8 @@ class RunDir:
     def close(self, failed: bool) -> None:
         """Give the lock back; after a failure remove the directory if this run created it and
         left nothing of its own there (only Hydra's records and logs)."""
+        if self.shared:
+            return
         if failed and not self.existed and _rundir.remove_if_unused(self.path):
             for parent in self.new_parents:
                 _remove_empty(parent)

@@ -3,6 +3,8 @@
     nstyle-apply model=outputs/train/.../model.npz input=photo.jpg output=photo_starry.png
     nstyle-apply model=model.npz input=photos/ output=stylised/        # a whole folder
     nstyle-apply model=model.npz input=big.jpg output=out.png max_side=1024
+    nstyle-apply model=three_styles.npz input=photo.jpg output=mix.png style_weights=[0.5,0.5,0]
+    nstyle-apply model=model.npz input=photo.jpg output=out.png preserve_color=luminance
 
 Each result is written atomically, next to a metadata file (``<output>.json`` for one
 image, ``<output>/nstyle-apply.json`` for a folder) naming the model file, its checksum and
@@ -19,6 +21,11 @@ untiled ones, one extra tiled pass per norm; default false: from the largest cop
 
 Each image's memory is estimated from its header before it is decoded; one that fits in no
 way is refused (a folder skips it) with the ``max_side`` that would fit.
+``style_weights`` (a model of several styles: one weight per style, normalised to sum 1; a
+one-hot list picks one style, a mix interpolates; required for such a model);
+``preserve_color`` (``off``, the default; ``luminance``: the result's luminance with the
+photo's colour, as in the optimisation's luminance-only transfer; ``histogram``: the result
+recoloured to the photo's colour mean and covariance, see :mod:`nstyle.color`).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from nstyle import _io, _rundir, _xla, fastnet, images, memory
+from nstyle import _io, _rundir, _xla, color, fastnet, images, losses, memory, transfer
 from nstyle._errors import UserError
 from nstyle.cli.errors import command
 from nstyle.data import IMAGE_SUFFIXES
@@ -40,9 +47,13 @@ from nstyle.data import IMAGE_SUFFIXES
 PROG = "nstyle-apply"
 USAGE = (
     "usage: nstyle-apply model=FILE input=PATH output=PATH [max_side=N] [overwrite=true] "
-    "[tile=auto|off|N] [max_memory_gb=X] [exact_stats=true]"
+    "[tile=auto|off|N] [max_memory_gb=X] [exact_stats=true] [style_weights=[w1,w2,...]] "
+    "[preserve_color=off|luminance|histogram]"
 )
-KEYS = ("model", "input", "output", "max_side", "overwrite", "tile", "max_memory_gb", "exact_stats")
+KEYS = (
+    "model", "input", "output", "max_side", "overwrite", "tile", "max_memory_gb", "exact_stats", "style_weights",
+    "preserve_color",
+)  # fmt: skip
 FLAGS = ("true", "false", "1", "0", "yes", "no")
 
 
@@ -86,24 +97,72 @@ def parse(argv: Sequence[str]) -> dict:
             raise UserError(f"max_memory_gb must be a number, got '{opts['max_memory_gb']}'") from None
         if not opts["max_memory_gb"] > 0:
             raise UserError(f"max_memory_gb must be > 0, got {opts['max_memory_gb']}")
+    if "style_weights" in opts:
+        text = opts["style_weights"].strip().removeprefix("[").removesuffix("]")
+        try:
+            opts["style_weights"] = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise UserError(
+                f"style_weights must be a list of numbers such as [0.5,0.5,0], got '{opts['style_weights']}'"
+            ) from None
+    opts["preserve_color"] = opts.get("preserve_color", "off")
+    if opts["preserve_color"] not in transfer.COLOR_MODES:
+        raise UserError(
+            f"preserve_color must be one of {', '.join(transfer.COLOR_MODES)}, got '{opts['preserve_color']}'"
+        )
     return opts
 
 
 class Styliser:
     """A loaded model; ``__call__`` maps (H, W, 3) [0, 1] to (H, W, 3), compiled once per image shape
-    (per tile shape when tiled)."""
+    (per tile shape when tiled).
 
-    def __init__(self, model_path: str | os.PathLike):
+    ``style_weights``: one weight per style of a multi-style model (normalised to sum 1);
+    ``preserve_color``: ``off``, ``luminance`` or ``histogram``, applied to each result.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, style_weights=None, preserve_color: str = "off"):
         self.path = Path(model_path)
         self.cfg, self.params, self.meta = fastnet.load_model(self.path)
         self.sha256 = _io.sha256_file(self.path)
-        self._run = _xla.jit(lambda p, x: fastnet.stylize(self.cfg, p, x))
+        self.preserve_color = preserve_color
+        self.style_weights = self._check_weights(style_weights)
+        self._run = _xla.jit(lambda p, x, w: fastnet.stylize(self.cfg, p, x, w))
+
+    def _check_weights(self, weights) -> np.ndarray | None:
+        styles = self.meta.get("styles") or [f"style {k}" for k in range(self.cfg.styles)]
+        if self.cfg.styles == 1:
+            if weights is not None and len(weights) != 1:
+                raise UserError(f"{self.path} holds one style; drop style_weights (got {len(weights)} weights)")
+            return None
+        if weights is None:
+            raise UserError(
+                f"{self.path} holds {self.cfg.styles} styles ({', '.join(map(str, styles))}); "
+                f"choose with style_weights=[...], one weight each, e.g. [1{',0' * (self.cfg.styles - 1)}]"
+            )
+        if len(weights) != self.cfg.styles:
+            raise UserError(
+                f"style_weights has {len(weights)} weights but {self.path} holds {self.cfg.styles} styles "
+                f"({', '.join(map(str, styles))}); give one weight per style"
+            )
+        try:
+            return losses.blend_weights(weights, self.cfg.styles)
+        except ValueError as e:
+            raise UserError(f"style_weights: {e}") from None
 
     def __call__(self, image: np.ndarray, plan: fastnet.InferencePlan | None = None, exact: bool = False) -> np.ndarray:
         if plan is not None and plan.tile is not None:
-            return fastnet.stylize_tiled(self.cfg, self.params, image, plan.tile, plan.stats_side, exact)
-        out = self._run(self.params, image[None])  # (1, H, W, 3)
-        return np.asarray(jax.device_get(out))[0]
+            result = fastnet.stylize_tiled(
+                self.cfg, self.params, image, plan.tile, plan.stats_side, exact, self.style_weights
+            )
+        else:
+            out = self._run(self.params, image[None], self.style_weights)  # (1, H, W, 3)
+            result = np.asarray(jax.device_get(out))[0]
+        if self.preserve_color == "luminance":
+            return color.recombine_luminance(result, image)
+        if self.preserve_color == "histogram":
+            return color.match_color_histogram(result, image)
+        return result
 
     def plan(self, path: Path, opts: dict, budget: int) -> fastnet.InferencePlan:
         """How ``path`` is stylised in ``budget`` bytes, from its header (nothing decoded yet);
@@ -137,6 +196,8 @@ class Styliser:
             "model_sha256": self.sha256,
             "checkpoint": self.meta.get("checkpoint"),
             "trained": self.meta,
+            "style_weights": None if self.style_weights is None else [float(w) for w in self.style_weights],
+            "preserve_color": self.preserve_color,
         }
 
 
@@ -184,7 +245,7 @@ def run(opts: dict, log=print) -> dict:
         pairs = [(src, dst)]
         meta_path = dst.with_name(dst.name + ".json")
     check_output_writable(dst if src.is_dir() else dst.parent)
-    model = Styliser(opts["model"])
+    model = Styliser(opts["model"], opts.get("style_weights"), opts.get("preserve_color", "off"))
     budget = int(opts["max_memory_gb"] * 2**30) if opts.get("max_memory_gb") else memory.available_bytes()
 
     done, skipped = [], []

@@ -22,6 +22,12 @@ Job status, from the most to the least certain evidence:
 Jobs the sweep defines but that have not started yet (their directory does not exist) are
 counted as ``pending`` from ``multirun.yaml``.
 
+A job submitted to SLURM (``+launcher=slurm``, or ``nstyle-sweep`` with it) has a directory
+and a ``status.json`` (``pending``, its SLURM id, its overrides) from its submission on, and
+is checked against the scheduler (:mod:`nstyle.cli.slurm`): one whose record says
+``pending`` or ``running`` but whose SLURM job ended (cancelled before or while running,
+timed out, out of memory) is ``died``, with SLURM's word for it, also on another host.
+
 Outputs (``<sweep>/summary/`` by default, each written atomically, regenerated on each call):
 ``table.csv``, ``table.md`` (one row per job with its swept values, final content/style
 loss, LPIPS to the content image, a style distance to the style image, wall time),
@@ -47,7 +53,7 @@ import numpy as np
 
 from nstyle import _io, images, metrics
 from nstyle._errors import UserError
-from nstyle.cli import figures
+from nstyle.cli import figures, slurm
 from nstyle.cli.errors import command
 from nstyle.cli.jobs import STATUS_FILE
 
@@ -78,6 +84,7 @@ class Job:
     num: int  # Hydra's job number (order in the sweep); large if unknown
     metrics: dict | None = None
     error: str | None = None
+    slurm_job: str | None = None  # the SLURM job that ran it last (status.json), e.g. "120_3"
 
 
 def _read_yaml(path: Path):
@@ -137,6 +144,8 @@ def _classify(path: Path) -> tuple[str, dict | None, str | None]:
         status = status_data.get("status")
         if status == "failed":
             return "failed", metrics, str(status_data.get("error", "failed (no message)"))
+        if status == "pending":  # submitted, not started (nstyle-sweep on SLURM)
+            return "pending", metrics, None
         if status == "running":
             pid, host = status_data.get("pid"), status_data.get("host")
             if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
@@ -183,7 +192,11 @@ def scan(sweep_dir: str | os.PathLike) -> list[Job]:
         raise CollectError(f"{sweep_dir}: not a directory; give the sweep directory (hydra.sweep.dir) of a multirun")
     jobs = []
     for path in find_job_dirs(sweep_dir):
+        record = _io.read_json(path / STATUS_FILE)
+        record = record if isinstance(record, dict) else {}
         raw = _read_yaml(path / ".hydra" / "overrides.yaml")
+        if raw is None:  # submitted, not started: the launcher's record names the job
+            raw = record.get("overrides")
         overrides = {}
         if isinstance(raw, list):
             for item in raw:
@@ -197,6 +210,8 @@ def scan(sweep_dir: str | os.PathLike) -> list[Job]:
             except images.ImageError as e:
                 status, error = "failed", f"{RESULT_FILE} unreadable: {e}"
         num = _job_num(path)
+        if num is None and isinstance(record.get("num"), int):
+            num = record["num"]
         jobs.append(
             Job(
                 name=str(path.relative_to(sweep_dir)),
@@ -206,14 +221,28 @@ def scan(sweep_dir: str | os.PathLike) -> list[Job]:
                 num=num if num is not None else 10**9,
                 metrics=metrics,
                 error=error,
+                slurm_job=str(record["slurm_job"]) if record.get("slurm_job") else None,
             )
         )
+    jobs = _with_slurm_states(jobs)
     jobs.sort(key=lambda j: (j.num, j.name))
     return jobs
 
 
-def expected_jobs(sweep_dir: str | os.PathLike) -> int | None:
-    """Number of jobs the sweep defines, from ``multirun.yaml`` (None if it cannot tell)."""
+def _with_slurm_states(jobs: list[Job]) -> list[Job]:
+    """``jobs`` corrected by what SLURM says of the ones it ran (a ``slurm_job`` in ``status.json``)."""
+    waiting = [j for j in jobs if j.status in ("running", "pending", "died") and j.slurm_job]
+    states = slurm.states(j.slurm_job for j in waiting) if waiting else {}
+    for j in waiting:
+        state = states.get(j.slurm_job)
+        if slurm.ended(state):
+            j.status, j.error = "died", f"SLURM job {j.slurm_job} {slurm.describe(state)}"
+    return jobs
+
+
+def expected_members(sweep_dir: str | os.PathLike) -> list[list[str]] | None:
+    """The swept overrides of each job the sweep defines, in job order, from ``multirun.yaml``
+    (None if it cannot tell)."""
     conf = _read_yaml(Path(sweep_dir) / "multirun.yaml")
     if not isinstance(conf, dict):
         return None
@@ -221,12 +250,18 @@ def expected_jobs(sweep_dir: str | os.PathLike) -> int | None:
     params = ((hydra.get("sweeper") or {}).get("params")) or {}
     task = ((hydra.get("overrides") or {}).get("task")) or []
     try:
-        from nstyle.cli.sweep import split_sweep
+        from nstyle.cli.sweep import expand, split_sweep
 
         _fixed, sweeps = split_sweep([str(t) for t in task], {str(k): str(v) for k, v in params.items()})
     except Exception:  # noqa: BLE001 -- an exotic sweeper: just do not count pending jobs
         return None
-    return math.prod(len(values) for values in sweeps)
+    return [m.overrides for m in expand(sweeps)]
+
+
+def expected_jobs(sweep_dir: str | os.PathLike) -> int | None:
+    """Number of jobs the sweep defines, from ``multirun.yaml`` (None if it cannot tell)."""
+    members = expected_members(sweep_dir)
+    return None if members is None else len(members)
 
 
 def swept_keys(jobs: Sequence[Job], sweep_dir: str | os.PathLike | None = None) -> list[str]:
@@ -536,7 +571,8 @@ class Summary:
 
     def report(self) -> str:
         c = self.counts
-        head = f"{self.sweep_dir}: {sum(c[s] for s in STATES if s != 'pending')} job dirs — " + ", ".join(
+        dirs = sum(1 for j in self.jobs if j.path.is_dir())
+        head = f"{self.sweep_dir}: {dirs} job dirs — " + ", ".join(
             f"{c[s]} {s}" for s in STATES if c[s] or s == "completed"
         )
         lines = [head]
@@ -569,7 +605,7 @@ def summarize(
             )
     counts = {s: sum(1 for j in jobs if j.status == s) for s in STATES}
     expected = expected_jobs(sweep_dir)
-    counts["pending"] = max(0, expected - len(jobs)) if expected is not None else 0
+    counts["pending"] += max(0, expected - len(jobs)) if expected is not None else 0
     out = Path(out_dir) if out_dir is not None else sweep_dir / SUMMARY_DIR
     files: dict[str, Path] = {}
     evaluator = Evaluator(lpips_net) if evaluate else None

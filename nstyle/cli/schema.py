@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nstyle import fastnet, losses, optimize, train, transfer, vgg
+from nstyle import distributed, fastnet, losses, optimize, train, transfer, vgg
 from nstyle._errors import UserError
 
 # The schemas below use ``Optional[X]`` rather than ``X | None``: OmegaConf reads the
@@ -38,9 +39,17 @@ def job_dirname(override_dirname: str) -> str:
     return str(override_dirname).replace("/", "_").replace("\\", "_")
 
 
+def main_process_only(value: Any) -> Any:
+    """``value`` in process 0 of a multi-process run (and in a single-process run), else None."""
+    return value if distributed.launch_rank()[0] == 0 else None
+
+
 # conf/*.yaml name job dirs ${nstyle_dirname:${hydra.job.override_dirname}}; registered on
 # import, so a launcher's worker process that unpickles the task has it too
 OmegaConf.register_new_resolver("nstyle_dirname", job_dirname, replace=True)
+# conf/train.yaml: hydra.output_subdir is ${nstyle_main_only:.hydra}, so of the processes of one
+# run (srun --ntasks=N, or submitit's tasks_per_node=N) only process 0 writes .hydra/
+OmegaConf.register_new_resolver("nstyle_main_only", main_process_only, replace=True)
 
 _LOSS = losses.PerceptualLoss()
 _OPTIM = optimize.OptimConfig()
@@ -54,6 +63,24 @@ _TRAIN = {f.name: f.default for f in dataclasses.fields(train.TrainConfig)}
 class Pooling(enum.Enum):
     avg = "avg"  # Gatys et al.: better gradient flow, smoother results
     max = "max"  # the network as trained
+    avg_rescaled = "avg_rescaled"  # average pooling scaled to max pooling's activation sizes (vgg.AVG_POOL_SCALE)
+
+
+class Padding(enum.Enum):
+    zero = "zero"  # the network as trained
+    reflect = "reflect"  # mirror the border pixels: no dark frame for the result to imitate
+    replicate = "replicate"  # repeat the border pixels
+
+
+class StyleLoss(enum.Enum):
+    gram = "gram"  # Gatys et al.: Gram matrices
+    meanstd = "meanstd"  # per-channel mean and standard deviation (AdaIN's statistic)
+    w2 = "w2"  # Wasserstein-2 distance between Gaussian fits (mean and covariance)
+
+
+class LayerWeights(enum.Enum):
+    equal = "equal"  # w_l = 1/L, the paper's
+    falling = "falling"  # w_l ∝ 4^-l: 256, 64, 16, 4, 1 (normalised) for five layers
 
 
 class OptimName(enum.Enum):
@@ -87,6 +114,7 @@ class ColorMode(enum.Enum):
 class NetworkSchema:
     arch: str = _TRANSFER.arch  # vgg19 (Caffe, the paper's) or vgg16 (torchvision)
     pooling: Pooling = Pooling(_LOSS.pooling)
+    padding: Padding = Padding(_LOSS.padding)  # of the 3×3 convolutions
 
 
 @dataclasses.dataclass
@@ -97,7 +125,10 @@ class LossSchema:
     content_layers: list[str] = dataclasses.field(default_factory=lambda: list(_LOSS.content_layers))
     content_weights: Optional[list[float]] = None  # None: 1 each
     style_layers: list[str] = dataclasses.field(default_factory=lambda: list(_LOSS.style_layers))
-    style_weights: Optional[list[float]] = None  # None: 1/n each (the paper's w_l = 1/5)
+    style_weights: Optional[list[float]] = None  # None: from layer_weights
+    layer_weights: LayerWeights = LayerWeights(losses.LAYER_WEIGHTS[0])  # preset used when style_weights is None
+    style_loss: StyleLoss = StyleLoss(_LOSS.style_loss)  # the style statistic
+    normalize: bool = _LOSS.normalize  # each layer's term relative to its size: weights that hold at any size
 
 
 @dataclasses.dataclass
@@ -108,6 +139,7 @@ class OptimSchema:
     linesearch: LineSearch = LineSearch(_OPTIM.linesearch)  # none: one evaluation per iteration
     max_linesearch_steps: int = _OPTIM.max_linesearch_steps
     project: bool = _OPTIM.project  # clip to [0, 1] after every step (for Adam)
+    average: Optional[float] = _OPTIM.average  # decay of an iterate average returned as the result; None: off
 
 
 @dataclasses.dataclass
@@ -123,7 +155,10 @@ class StylizeSchema:
     init: str = _TRANSFER.init  # content | noise | style | PATH to an image
     style_blend: Optional[list[float]] = None  # one weight per style image; None: equal
     style_scale: float = _TRANSFER.style_scale  # style image's longest side relative to the output's
-    schedule: list[int] = dataclasses.field(default_factory=list)  # coarse-to-fine sizes before `size`, e.g. [256]
+    masks: Optional[list[str]] = None  # spatial control: one mask image per style, aligned with the content
+    style_masks: Optional[list[Optional[str]]] = None  # per style image, the region its style is taken from
+    # coarse-to-fine sizes before `size`, e.g. [256]; or sqrt2: from ~128 px, ×√2 per stage
+    schedule: Any = dataclasses.field(default_factory=list)
     schedule_steps: Optional[list[int]] = None  # iterations of each schedule stage; None: `steps` each
     preserve_color: ColorMode = ColorMode(_TRANSFER.preserve_color)
     snapshot_every: int = 50  # save snapshots/step_XXXX.png every N iterations; 0: never
@@ -143,6 +178,9 @@ class NetSchema:
     width: int = _NET.width  # first conv's channels; 2x and 4x after the two stride-2 convs (paper: 32/64/128)
     blocks: int = _NET.blocks  # residual blocks (paper: 5)
     upsample: str = _NET.upsample  # nearest-neighbour x2 then conv (no checkerboard); "transpose" is the paper's
+    # residual: x + z/2, starting as the identity; linear: (z+1)/2; both clipped when applied;
+    # tanh: (tanh(z)+1)/2 (model format version 1)
+    output: str = _NET.output
 
 
 @dataclasses.dataclass
@@ -150,8 +188,11 @@ class TrainLossSchema:
     network: str = _TRAIN_LOSS.network  # Johnson et al.'s loss network; vgg19 uses relu1_2/2_2/3_4/4_4 for style
     content_layers: Optional[list[str]] = None  # None: [relu2_2]
     style_layers: Optional[list[str]] = None  # None: [relu1_2, relu2_2, relu3_3, relu4_3] (vgg16)
-    content_weight: float = _TRAIN_LOSS.content_weight  # mean-squared-error units (nstyle.train.TrainLoss)
-    style_weight: float = _TRAIN_LOSS.style_weight
+    # target: each layer's term relative to its target's size (weights hold at any crop size);
+    # none: mean-squared-error units, as in PyTorch's fast_neural_style (content 1e5, style 1e10, tv 10)
+    normalize: bool = _TRAIN_LOSS.normalize
+    content_weight: float = _TRAIN_LOSS.content_weight
+    style_weight: float = _TRAIN_LOSS.style_weight  # per style layer
     tv_weight: float = _TRAIN_LOSS.tv_weight
     style_size: Optional[int] = _TRAIN_LOSS.style_size  # style image's longest side for its Grams; None: = size
     pooling: Pooling = Pooling(_TRAIN_LOSS.pooling)
@@ -167,7 +208,7 @@ class ScheduleSchema:
 
 @dataclasses.dataclass
 class TrainSchema:
-    style: Optional[str] = _TRAIN["style"]  # style image: a path or builtin:<name> (required)
+    style: Any = _TRAIN["style"]  # style image: a path or builtin:<name>, or a list of them: one network (required)
     data: Optional[str] = _TRAIN["data"]  # folder of training photos, searched recursively (required)
     size: int = _TRAIN["size"]  # training crop side in px (paper: 256); a multiple of 4
     steps: int = _TRAIN["steps"]  # paper: 40k steps at batch 4, about 2 epochs of COCO
@@ -187,13 +228,29 @@ class TrainSchema:
     progress: bool = _TRAIN["progress"]
     resume: bool = _TRAIN["resume"]  # continue from checkpoints/ if the run directory has any
     kill_at_step: Optional[int] = _TRAIN["kill_at_step"]  # tests only: SIGKILL the process after this step
+    pause_at_step: Optional[int] = _TRAIN["pause_at_step"]  # tests only: after this step, wait until killed
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore (idempotent)."""
+    """Put the schemas in Hydra's ConfigStore and let Hydra find nstyle's launcher (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="stylize_schema", node=StylizeSchema)
     cs.store(name="train_schema", node=TrainSchema)
+    _expose_launcher_plugin()
+
+
+def _expose_launcher_plugin() -> None:
+    """Hydra instantiates only the launchers it found walking the directories of the
+    ``hydra_plugins`` namespace; an editable install maps ``hydra_plugins.nstyle_launcher``
+    through an import hook instead of a directory, which that walk does not see."""
+    try:
+        import hydra_plugins
+        import hydra_plugins.nstyle_launcher as plugin
+    except ImportError:
+        return
+    parent = Path(plugin.__file__).resolve().parent.parent
+    if all(Path(p).resolve() != parent for p in hydra_plugins.__path__ if Path(p).is_dir()):
+        hydra_plugins.__path__.append(str(parent))
 
 
 # ------------------------------------------------------------------------------ checking
@@ -303,6 +360,7 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
         except ValueError as e:
             raise UserError(f"style_blend: {e}") from None
         blend = tuple(float(b) for b in c.style_blend)
+    masks, style_masks = _masks(c, styles, blend)
     if not (math.isfinite(c.style_scale) and c.style_scale > 0):
         raise UserError(f"style_scale must be > 0, got {c.style_scale}")
     if c.snapshot_every < 0:
@@ -322,7 +380,41 @@ def stylize_settings(cfg: DictConfig | StylizeSchema, typed: dict | None = None)
         preserve_color=c.preserve_color.value,
         seed=int(c.seed),
         memory_mode=c.memory_mode.value,
+        masks=tuple(masks) if masks is not None and loss.uses_style else None,
+        style_masks=tuple(style_masks) if style_masks is not None and loss.uses_style else None,
     )
+
+
+def _masks(c: StylizeSchema, styles: tuple[str, ...], blend) -> tuple[list[str] | None, list | None]:
+    """``masks`` and ``style_masks`` checked against the style images (spatial control)."""
+    masks = _paths("masks", c.masks)
+    style_masks = _plain(c.style_masks)
+    if masks is not None:
+        if len(masks) != len(styles):
+            raise UserError(f"masks: {len(styles)} style image(s) need {len(styles)} masks, one each; got {len(masks)}")
+        if blend is not None:
+            raise UserError(
+                "style_blend mixes the styles everywhere; with masks each style has its own region: drop one"
+            )
+        if c.content is None:
+            raise UserError("masks are aligned with the content image; give content=PATH")
+    if style_masks is not None:
+        if not isinstance(style_masks, list) or len(style_masks) != len(styles):
+            raise UserError(f"style_masks: expected a list of {len(styles)} paths or nulls (one per style image)")
+        if not all(m is None or (isinstance(m, str) and m) for m in style_masks):
+            raise UserError(f"style_masks: expected paths or nulls, got {style_masks!r}")
+    return masks, style_masks
+
+
+def _paths(name: str, value: Any) -> list[str] | None:
+    value = _plain(value)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UserError(f"{name}: expected a list of image paths, got {value!r}")
+    return value
 
 
 def _perceptual_loss(c: StylizeSchema, arch: str, typed: dict | None) -> losses.PerceptualLoss:
@@ -331,7 +423,9 @@ def _perceptual_loss(c: StylizeSchema, arch: str, typed: dict | None) -> losses.
     cw = _weights("loss.content_weights", lc.content_weights, typed)
     sw = _weights("loss.style_weights", lc.style_weights, typed)
     cw = cw if cw is not None else [1.0] * len(lc.content_layers)
-    sw = sw if sw is not None else [1.0 / max(len(lc.style_layers), 1)] * len(lc.style_layers)
+    if sw is not None and lc.layer_weights.value != losses.LAYER_WEIGHTS[0]:
+        raise UserError("loss: give either loss.style_weights or loss.layer_weights, not both")
+    sw = sw if sw is not None else list(losses.layer_weights(lc.layer_weights.value, len(lc.style_layers)))
     try:
         loss = losses.PerceptualLoss(
             content_layers=tuple(lc.content_layers),
@@ -342,6 +436,9 @@ def _perceptual_loss(c: StylizeSchema, arch: str, typed: dict | None) -> losses.
             beta=check_weight("loss.beta", lc.beta, typed),
             tv_weight=check_weight("loss.tv_weight", lc.tv_weight, typed),
             pooling=c.network.pooling.value,
+            style_loss=lc.style_loss.value,
+            padding=c.network.padding.value,
+            normalize=bool(lc.normalize),
         )
         optimize.check_layers(loss, arch)
     except ValueError as e:
@@ -355,16 +452,32 @@ def _stages(c: StylizeSchema) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(sizes, steps) of the coarse-to-fine stages; the last stage is ``size`` with ``steps``."""
     if c.size < 1:
         raise UserError(f"size must be a positive number of pixels, got {c.size}")
-    sizes = tuple(int(s) for s in c.schedule) + (int(c.size),)
+    schedule = _schedule(_plain(c.schedule), int(c.size))
+    sizes = schedule + (int(c.size),)
     if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
-        raise UserError(f"schedule: sizes must grow and end below size={c.size}, got {list(c.schedule)}")
-    if c.schedule_steps is not None and len(c.schedule_steps) != len(c.schedule):
-        raise UserError(f"schedule_steps: {len(c.schedule)} schedule sizes but {len(c.schedule_steps)} step counts")
-    earlier = c.schedule_steps if c.schedule_steps is not None else [c.steps] * len(c.schedule)
+        raise UserError(f"schedule: sizes must grow and end below size={c.size}, got {list(schedule)}")
+    earlier = c.schedule_steps
+    if earlier is not None and len(earlier) == 1 and _plain(c.schedule) == SQRT2:
+        earlier = list(earlier) * len(schedule)  # one count for every earlier stage of the preset
+    if earlier is not None and len(earlier) != len(schedule):
+        raise UserError(f"schedule_steps: {len(schedule)} schedule sizes but {len(earlier)} step counts")
+    earlier = earlier if earlier is not None else [c.steps] * len(schedule)
     stage_steps = tuple(int(s) for s in earlier) + (int(c.steps),)
     if any(s < 0 for s in stage_steps):
         raise UserError(f"steps must be >= 0, got {list(stage_steps)}")
     return sizes, stage_steps
+
+
+SQRT2 = "sqrt2"  # schedule preset: transfer.multiscale_sizes
+
+
+def _schedule(value: Any, size: int) -> tuple[int, ...]:
+    """The sizes before ``size``: a list of ints as given, or the √2 preset's."""
+    if value == SQRT2:
+        return transfer.multiscale_sizes(size)[:-1]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return tuple(int(v) for v in value)
+    raise UserError(f"schedule: expected a list of sizes in px (e.g. [256]) or {SQRT2}, got {value!r}")
 
 
 def optim_config(o: OptimSchema, steps: int) -> optimize.OptimConfig:
@@ -378,6 +491,7 @@ def optim_config(o: OptimSchema, steps: int) -> optimize.OptimConfig:
             linesearch=o.linesearch.value,
             max_linesearch_steps=o.max_linesearch_steps,
             project=o.project,
+            average=o.average,
         )
     except ValueError as e:
         raise UserError(f"optim: {e}") from None
@@ -391,9 +505,16 @@ def train_settings(cfg: DictConfig | TrainSchema, typed: dict | None = None) -> 
     else:
         c = cfg
     try:
-        net = fastnet.FastNetConfig(width=c.net.width, blocks=c.net.blocks, upsample=c.net.upsample)
+        net = fastnet.FastNetConfig(
+            width=c.net.width, blocks=c.net.blocks, upsample=c.net.upsample, output=c.net.output
+        )
     except ValueError as e:
         raise UserError(f"net: {e}") from None
+    style = _plain(c.style)
+    if style is not None and not isinstance(style, str):
+        if not isinstance(style, list) or not style:
+            raise UserError(f"style: expected a path or a list of paths, got {style!r}")
+        style = tuple(style)
     lc = c.loss
     layers = {}
     for key in ("content_layers", "style_layers"):
@@ -408,7 +529,14 @@ def train_settings(cfg: DictConfig | TrainSchema, typed: dict | None = None) -> 
     weights = {
         k: check_weight(f"loss.{k}", getattr(lc, k), typed) for k in ("content_weight", "style_weight", "tv_weight")
     }
-    loss = train.TrainLoss(network=lc.network, **layers, **weights, style_size=lc.style_size, pooling=lc.pooling.value)
+    loss = train.TrainLoss(
+        network=lc.network,
+        **layers,
+        normalize=lc.normalize,
+        **weights,
+        style_size=lc.style_size,
+        pooling=lc.pooling.value,
+    )
     optim = train.LRSchedule(
         lr=c.optim.lr,
         schedule=c.optim.schedule,
@@ -420,10 +548,11 @@ def train_settings(cfg: DictConfig | TrainSchema, typed: dict | None = None) -> 
     plain = {
         f.name: getattr(c, f.name)
         for f in dataclasses.fields(TrainSchema)
-        if f.name not in ("net", "loss", "optim", "crop_scale", "validation")
+        if f.name not in ("style", "net", "loss", "optim", "crop_scale", "validation")
     }
     return train.TrainConfig(
         **plain,
+        style=style,
         net=net,
         loss=loss,
         optim=optim,

@@ -9,8 +9,11 @@
 
 The run directory (Hydra's; ``hydra.run.dir=DIR``) receives ``result.png``,
 ``snapshots/step_XXXX.png``, ``metrics.json`` and Hydra's ``.hydra/``. A directory that
-already holds a result is refused unless ``overwrite=true``. Mistakes in the input end the
-program with one line ``nstyle-stylize: error: ...`` and exit status 2.
+already holds a result is refused unless ``overwrite=true``; in a sweep (``-m``), a job whose
+directory holds a finished result (``result.png`` and a readable ``metrics.json``) is skipped,
+so rerunning a sweep command with its ``hydra.sweep.dir`` completes only the jobs that are
+missing. Mistakes in the input end the program with one line ``nstyle-stylize: error: ...``
+and exit status 2.
 
 :func:`run` is the library-level entry (settings in, files out); :func:`task` is the Hydra
 task function and returns the final total loss, for sweepers that optimise it.
@@ -26,13 +29,21 @@ from typing import Any
 
 import numpy as np
 
-from nstyle import _io, _rundir, images, memory, optimize, runinfo, transfer, weights
+from nstyle import _io, _rundir, distributed, images, memory, optimize, runinfo, transfer, weights
 from nstyle._errors import UserError
 from nstyle.cli import app, schema
 from nstyle.cli.errors import EXIT_INTERRUPTED, fail, message
 
 PROG = "nstyle-stylize"
 RESULT_FILES = ("result.png", "metrics.json")
+
+
+def finished_result(out_dir: Path) -> dict | None:
+    """The metrics of the finished result in ``out_dir`` (both files, readable), else None."""
+    if not (out_dir / "result.png").is_file():
+        return None
+    metrics = _io.read_json(out_dir / "metrics.json")
+    return metrics if isinstance(metrics, dict) and "final_loss" in metrics else None
 
 
 def check_run_dir(out_dir: Path, overwrite: bool) -> None:
@@ -195,15 +206,26 @@ def task(cfg) -> float:
     except ValueError:  # called without Hydra (e.g. main(cfg) from a script)
         out_dir, multirun, typed = Path.cwd(), False, None
     quiet = cfg.quiet if cfg.quiet is not None else multirun
+    done = finished_result(out_dir) if multirun and not cfg.overwrite else None
+    if done is not None:  # a sweep run again: this job finished earlier
+        print(f"{PROG}: {out_dir} already holds a finished result; skipped", file=sys.stderr, flush=True)
+        loss = done["final_loss"]
+        return float(loss) if isinstance(loss, (int, float)) else math.nan
     try:
         _xla.device_defaults()
+        if distributed.launch_rank()[1] > 1:  # N copies of one job would race for its files
+            raise UserError(
+                "nstyle-stylize runs each job as one process; use hydra.launcher.tasks_per_node=1 "
+                "(nstyle-sweep splits a batch over several processes)"
+            )
         _xla.persistent_cache()  # a sweep's later jobs (and the next run) reuse the compiled step
         s = schema.stylize_settings(cfg, typed)
         max_mem = int(cfg.max_memory_gb * 2**30) if cfg.max_memory_gb is not None else None
         metrics = run(
             s,
             out_dir,
-            overwrite=cfg.overwrite,
+            # a sweep job's half-written result (killed between result.png and metrics.json) is redone
+            overwrite=cfg.overwrite or multirun,
             quiet=quiet,
             snapshot_every=cfg.snapshot_every,
             max_memory_bytes=max_mem,
@@ -244,12 +266,15 @@ def task(cfg) -> float:
 
 def precheck(run_dir: Path, cfg, multirun: bool) -> None:
     """Before Hydra writes anything: refuse a run directory that holds a result, and a sweep
-    directory that holds finished jobs (Hydra would replace their ``.hydra/`` records)."""
+    directory that holds finished jobs (Hydra would replace their ``.hydra/`` records), unless
+    the sweep goes through ``+launcher=slurm``, which reruns only what did not finish."""
     if cfg.overwrite:
         return
     if not multirun:
         check_run_dir(run_dir, False)
         return
+    if str(cfg.hydra.launcher.get("_target_", "")).startswith("hydra_plugins.nstyle_launcher."):
+        return  # nstyle's SLURM launcher submits only the unfinished jobs, and leaves the others' records alone
     done = sorted(p.parent for p in run_dir.rglob("metrics.json") if (p.parent / ".hydra").is_dir())
     if done:
         raise UserError(

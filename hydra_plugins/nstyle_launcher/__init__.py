@@ -1,0 +1,1 @@
+"""nstyle's Hydra launcher plugins (Hydra loads launchers only from the ``hydra_plugins`` namespace)."""
