@@ -109,7 +109,7 @@ def env(tmp_path_factory) -> dict[str, str]:
 def _run(cmd: list[str], env: dict, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check:
-        assert r.returncode == 0, f"{cmd}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+        assert r.returncode == 0, f"{cmd}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}\n{_job_logs(cmd)}"
     return r
 
 
@@ -121,6 +121,31 @@ def _wait_for(what: str, ready, timeout: float = 900, poll: float = 0.5):
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _job_logs(cmd: list[str]) -> str:
+    """The tails of submitit's job logs under the command's hydra.sweep.dir (what a failed task printed)."""
+    sweep = next((a.split("=", 1)[1] for a in cmd if a.startswith("hydra.sweep.dir=")), None)
+    if sweep is None:
+        return ""
+    logs = sorted(Path(sweep).glob(".submitit/*/*.err"), key=lambda p: p.stat().st_mtime)[-2:]
+    return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-1500:]}" for p in logs)
+
+
+def _lock_is_free(run_dir: Path) -> bool:
+    """Whether no process holds the run directory's flock (nstyle._rundir.LOCK_FILE)."""
+    import fcntl
+
+    from nstyle import _rundir
+
+    fd = os.open(run_dir / _rundir.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing ends the flock taken here
+    return True
 
 
 def _squeue_lists(job_id: str) -> bool:
@@ -305,6 +330,9 @@ def test_training_cancelled_mid_run_and_submitted_again_resumes_to_the_same_para
     assert not (run_dir / "model.npz").exists()
     assert not _squeue_lists(job)
     killed_s = time.monotonic() - t0
+    # SLURM ends the job at SIGTERM and kills stragglers after KillWait: until the last process of
+    # the cancelled job is gone it holds the run directory's lock, and a resubmission is refused
+    _wait_for("the cancelled job's processes to release the run directory", lambda: _lock_is_free(run_dir), 120)
 
     t0 = time.monotonic()
     _run([*base, *args], env)  # submitted again (the same job dir: sweep/0)
