@@ -592,7 +592,8 @@ def _with_opt_state(state, opt_state):
         a.shape != b.shape for a, b in zip(jax.tree.leaves(opt_state), jax.tree.leaves(state.opt_state))
     ):
         raise ValueError("opt_state does not fit this optimiser and image shape; see carry_state")
-    return state._replace(opt_state=opt_state)
+    # buffers of its own: the state is donated to the step, the given one stays the caller's
+    return state._replace(opt_state=jax.tree.map(jnp.copy, opt_state))
 
 
 def stylize_batch(

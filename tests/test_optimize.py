@@ -36,8 +36,9 @@ def test_step_is_one_jitted_function_compiled_once(vgg19, tiny):
     w = optimize.loss_weights(SHALLOW, 1)
     state = init(jnp.asarray(tiny["content"])[None])
     state, m1 = step(state, vgg19, targets, w)
+    compiled = step._cache_size()  # 1, or more where other tests ran this cached step on other shapes
     state, m2 = step(state, vgg19, targets, w)
-    assert step._cache_size() == 1  # the second call reused the first compilation
+    assert compiled >= 1 and step._cache_size() == compiled  # the second call reused the first compilation
     assert int(state.step) == 2
     assert set(m2) >= {"loss", "content", "style", "tv", "content/conv2_2", "style/conv1_1", "evals", "alive"}
     assert m1["loss"].shape == (1,) and int(m1["evals"][0]) == 1
