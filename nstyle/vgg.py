@@ -307,6 +307,14 @@ def _stage(params: VGGParams, stage: str, x: jax.Array, pooling: str, padding: s
     return jax.nn.relu(_conv(x, p["kernel"], p["bias"], kt, padding)).astype(x.dtype)  # (B, h, w, C_out)
 
 
+def _by_stage(layers: Sequence[str], arch: str) -> dict[str, list[str]]:
+    """{stage: the names in ``layers`` that read its output} (several spellings may name one stage)."""
+    wanted: dict[str, list[str]] = {}
+    for name in layers:
+        wanted.setdefault(canonical(name, arch), []).append(name)
+    return wanted
+
+
 def features(
     params: VGGParams, images: jax.Array, layers: Sequence[str], pooling: str = "max", padding: str = "zero"
 ) -> dict[str, jax.Array]:
@@ -328,9 +336,7 @@ def features(
     layers = tuple(layers)
     if not layers:
         return {}
-    wanted: dict[str, list[str]] = {}
-    for name in layers:
-        wanted.setdefault(canonical(name, params.arch), []).append(name)
+    wanted = _by_stage(layers, params.arch)
     last = deepest(layers, params.arch)
     x = preprocess(images, params.preprocessing)  # (B, H, W, 3)
     out: dict[str, jax.Array] = {}
@@ -384,9 +390,7 @@ def map_features(
     layers = tuple(layers)
     if not layers:
         return {}
-    wanted: dict[str, list[str]] = {}
-    for name in layers:
-        wanted.setdefault(canonical(name, params.arch), []).append(name)
+    wanted = _by_stage(layers, params.arch)
     dtype = jnp.bfloat16 if memory == "remat_bf16" else images.dtype
     x = preprocess(images, params.preprocessing).astype(dtype)  # (B, H, W, 3)
     out: dict[str, Any] = {}
