@@ -353,4 +353,3 @@ def test_tiled_multi_style_mix_equals_untiled(multi_params, photo_203):
     assert float(np.abs(tiled - untiled).max()) < 1e-4
     with pytest.raises(ValueError, match="holds 3 styles"):
         fastnet.stylize_tiled(MULTI, multi_params, photo_203, tile=64)
-
