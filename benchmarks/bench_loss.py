@@ -146,36 +146,22 @@ def run_child(cmd: list[str], env: dict | None = None, cores: int | None = None)
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+def _child_flags(size: int, args) -> list[str]:
+    """What both children (nstyle's and PyTorch's) are asked to measure."""
+    return ["--child", "--size", str(size), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+
+
 def jax_cmd(size: int, args) -> list[str]:
     return (
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            "--size",
-            str(size),
-            "--repeats",
-            str(args.repeats),
-            "--warmup",
-            str(args.warmup),
-        ]
+        [sys.executable, __file__, *_child_flags(size, args)]
         + (["--params-arg"] if args.params_arg else [])
         + (["--no-release"] if args.no_release else [])
     )
 
 
 def torch_cmd(size: int, args) -> list[str]:
-    return [
-        args.torch_python,
-        str(TORCH_SCRIPT),
-        "--child",
-        "--size",
-        str(size),
-        "--repeats",
-        str(args.repeats),
-        "--warmup",
-        str(args.warmup),
-    ] + (["--channels-last"] if args.torch_channels_last else [])
+    cmd = [args.torch_python, str(TORCH_SCRIPT), *_child_flags(size, args)]
+    return cmd + (["--channels-last"] if args.torch_channels_last else [])
 
 
 def variant_env(name: str, spec: str) -> dict:

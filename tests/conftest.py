@@ -17,3 +17,14 @@ def small_images():
     from nstyle import images
 
     return {"content": images.load_image("builtin:chelsea", 48), "style": images.load_image("builtin:ihc", 48)}
+
+
+@pytest.fixture(scope="session")
+def tiny(small_images):
+    """32 px versions of the shared images: (21, 32, 3) content, (32, 32, 3) style."""
+    from nstyle import images
+
+    return {
+        "content": images.resize_longest(small_images["content"], 32),
+        "style": images.resize(small_images["style"], (32, 32)),
+    }

@@ -19,14 +19,6 @@ SHALLOW = losses.PerceptualLoss(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny(small_images):
-    return {
-        "content": images.resize_longest(small_images["content"], 32),
-        "style": images.resize(small_images["style"], (32, 32)),
-    }
-
-
 # ------------------------------------------------------------------- style losses, optimised
 
 

@@ -19,17 +19,6 @@ SHALLOW = losses.PerceptualLoss(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny(small_images):
-    """32 px versions of the shared images: (21, 32, 3) content, (32, 32, 3) style."""
-    from nstyle import images
-
-    return {
-        "content": images.resize_longest(small_images["content"], 32),
-        "style": images.resize(small_images["style"], (32, 32)),
-    }
-
-
 def test_step_is_one_jitted_function_compiled_once(vgg19, tiny):
     init, step = optimize.make_step(SHALLOW, OptimConfig())
     targets = optimize.prepare_targets(vgg19, SHALLOW, tiny["content"], [tiny["style"]], None, batch=1)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nstyle import _io, distributed, images, memory, optimize, transfer, weights
+from nstyle import _io, distributed, images, losses, memory, optimize, transfer, weights
 from nstyle._errors import UserError
 from nstyle.cli import app, jobs, schema, slurm, stylize
 from nstyle.cli.errors import command, message
@@ -145,7 +145,7 @@ def _shared_start(init, shape, key, content, styles, n: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(x0), (n,) + tuple(x0.shape[1:]))
 
 
-def _batch_settings(cfgs: list) -> tuple[list, dict, object]:
+def _batch_settings(cfgs: list) -> tuple[list, dict, losses.PerceptualLoss]:
     """The members' settings, their loss weights as (B,) arrays, and the batch's loss: a term is
     computed if any member uses it (zeros switch it off per member)."""
     settings = [schema.stylize_settings(c) for c in cfgs]
